@@ -1,0 +1,10 @@
+//! The end-to-end test harness for rekey.
+//!
+//! Real parts only: a throwaway Postgres cluster per test binary (each test
+//! gets a fresh database), the release or debug `rekey` binary driven as a
+//! user would, and (in their modules) etcd, an S3 endpoint and a Kubernetes
+//! API stand-in. A missing service fails the test with a message saying how
+//! to install it; nothing is skipped.
+
+pub mod bin;
+pub mod pg;

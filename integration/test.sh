@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# The one test command: installs what is missing on a fresh Debian machine,
+# then runs formatting, lints and the whole test suite against real services.
+#
+#   integration/test.sh            everything
+#   integration/test.sh -- ARGS    extra arguments for `cargo test`
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+
+log() { printf '\n==> %s\n' "$*"; }
+
+# --- system packages -------------------------------------------------------
+need_apt=()
+command -v protoc >/dev/null || need_apt+=(protobuf-compiler)
+command -v etcd >/dev/null || need_apt+=(etcd-server)
+command -v etcdctl >/dev/null || need_apt+=(etcd-client)
+command -v age >/dev/null || need_apt+=(age)
+command -v openssl >/dev/null || need_apt+=(openssl)
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_apt+=(postgresql)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  log "installing ${need_apt[*]}"
+  sudo_cmd=""; [ "$(id -u)" = 0 ] || sudo_cmd="sudo"
+  $sudo_cmd apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+# --- Python tools (S3 endpoint, independent encoders, API fuzzing, manifests) --
+venv="$root/target/pyenv"
+if [ ! -x "$venv/bin/python" ]; then
+  log "creating $venv"
+  python3 -m venv "$venv"
+fi
+"$venv/bin/pip" install -q --disable-pip-version-check -r integration/requirements.txt
+export PATH="$venv/bin:$PATH"
+export REKEY_TEST_PYTHON="$venv/bin/python"
+
+# --- Rust ----------------------------------------------------------------
+log "cargo fmt --check"
+cargo fmt --all -- --check
+log "cargo clippy"
+cargo clippy --workspace --all-targets -- -D warnings
+log "cargo build (binaries the tests drive)"
+cargo build --workspace --bins
+log "cargo test"
+cargo test --workspace "$@"
+log "all tests passed"

@@ -1,0 +1,145 @@
+//! The command line: one clap tree, each subcommand a thin call into the library.
+//!
+//! Exit codes (DESIGN.md): 0 success, 1 a problem was found or an operation
+//! failed, 2 bad usage or bad input (see [`crate::error`]).
+
+mod ca;
+mod db;
+mod status;
+
+use std::{path::PathBuf, process::ExitCode};
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::error::{exit_code, report};
+
+/// rekey keeps a Kubernetes cluster's infrastructure credentials short-lived.
+#[derive(Debug, Parser)]
+#[command(name = "rekey", version, about, long_about = None, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// Log filter (tracing `EnvFilter` syntax), e.g. `info` or `rekey=debug`.
+    #[arg(long, global = true, env = "REKEY_LOG", default_value = "info")]
+    log: String,
+    /// Log format.
+    #[arg(long, global = true, env = "REKEY_LOG_FORMAT", value_enum, default_value_t = crate::telemetry::LogFormat::Text)]
+    log_format: crate::telemetry::LogFormat,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the scheduler, watchers and admin API on a configuration file.
+    Serve(ServeArgs),
+    /// Run everything locally on embedded defaults: throwaway Postgres, dev CA, file sinks.
+    Dev(crate::runtime::dev::DevArgs),
+    /// Every tracked credential with its expiry (exit 1 if any has expired).
+    Status(status::StatusArgs),
+    /// Rotate a credential now, through the admin API.
+    Rotate(RotateArgs),
+    /// The internal certificate authority.
+    #[command(subcommand)]
+    Ca(ca::CaCommand),
+    /// Bootstrap tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// etcd encryption at rest.
+    #[command(subcommand)]
+    Etcd(EtcdCommand),
+    /// Encrypted etcd backups.
+    #[command(subcommand)]
+    Backup(BackupCommand),
+    /// Apply database migrations.
+    Migrate(db::DbArgs),
+}
+
+/// `rekey serve`
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// The configuration file.
+    #[arg(long, env = "REKEY_CONFIG")]
+    pub config: PathBuf,
+}
+
+/// `rekey rotate`
+#[derive(Debug, Args)]
+pub struct RotateArgs {
+    /// The credential, e.g. `cert/default/web-tls`.
+    pub name: String,
+    /// Wait until the rotation has finished.
+    #[arg(long)]
+    pub wait: bool,
+    /// Why, for the audit record.
+    #[arg(long)]
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// List tracked bootstrap tokens.
+    List {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a bootstrap token now.
+    Revoke {
+        /// Token id (the 6 characters before the dot).
+        id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum EtcdCommand {
+    /// Check the EncryptionConfiguration and what etcd really stores.
+    Verify {
+        /// The EncryptionConfiguration file.
+        #[arg(long)]
+        encryption_config: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum BackupCommand {
+    /// Snapshot etcd, encrypt and upload.
+    Run,
+}
+
+/// Entry point of the binary: parses arguments, runs, maps errors to exit codes.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Err(e) = crate::telemetry::init_logging(&cli.log, cli.log_format) {
+        eprintln!("error: --log: {e}");
+        return ExitCode::from(2);
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: starting the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run(cli.command)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {}", report(&e));
+            ExitCode::from(exit_code(&e))
+        }
+    }
+}
+
+async fn run(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Serve(args) => crate::runtime::serve(&args.config).await,
+        Command::Dev(args) => crate::runtime::dev::run(args).await,
+        Command::Status(args) => status::run(args).await,
+        Command::Ca(cmd) => ca::run(cmd),
+        Command::Migrate(args) => db::migrate(args).await,
+        Command::Rotate(_) | Command::Token(_) | Command::Etcd(_) | Command::Backup(_) => {
+            anyhow::bail!("this command is not available in this build yet")
+        }
+    }
+}
