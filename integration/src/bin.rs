@@ -13,7 +13,10 @@ pub fn rekey_bin() -> PathBuf {
     }
     let exe = std::env::current_exe().expect("current_exe");
     // target/<profile>/deps/<test>-<hash>
-    let profile_dir = exe.parent().and_then(|d| d.parent()).expect("test executable is in target/<profile>/deps");
+    let profile_dir = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .expect("test executable is in target/<profile>/deps");
     let bin = profile_dir.join("rekey");
     assert!(
         bin.is_file(),
@@ -37,7 +40,8 @@ pub fn rekey() -> Command {
 
 /// Runs a command to completion, capturing output.
 pub fn run(cmd: &mut Command) -> Output {
-    cmd.output().unwrap_or_else(|e| panic!("running {cmd:?}: {e}"))
+    cmd.output()
+        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"))
 }
 
 /// Exit code, stdout and stderr of a finished command, as text.

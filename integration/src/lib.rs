@@ -7,4 +7,5 @@
 //! to install it; nothing is skipped.
 
 pub mod bin;
+pub mod etcd;
 pub mod pg;

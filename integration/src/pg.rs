@@ -54,18 +54,32 @@ impl TestDb {
 /// Creates a new database with all migrations applied.
 pub async fn fresh_db() -> TestDb {
     let db = empty_db().await;
-    db.store.migrate().await.expect("applying migrations to the test database");
+    db.store
+        .migrate()
+        .await
+        .expect("applying migrations to the test database");
     db
 }
 
 /// Creates a new database with nothing in it (for migration tests).
 pub async fn empty_db() -> TestDb {
     let c = cluster();
-    let name = format!("t_{}_{}", std::process::id(), NEXT_DB.fetch_add(1, Ordering::SeqCst));
-    let mut admin = PgConnection::connect(&c.pg.url("postgres")).await.expect("connecting to the test cluster");
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut admin).await.expect("CREATE DATABASE");
+    let name = format!(
+        "t_{}_{}",
+        std::process::id(),
+        NEXT_DB.fetch_add(1, Ordering::SeqCst)
+    );
+    let mut admin = PgConnection::connect(&c.pg.url("postgres"))
+        .await
+        .expect("connecting to the test cluster");
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut admin)
+        .await
+        .expect("CREATE DATABASE");
     let url = c.pg.url(&name);
-    let store = Store::connect(&url, 16).await.expect("connecting to the test database");
+    let store = Store::connect(&url, 16)
+        .await
+        .expect("connecting to the test database");
     TestDb { url, name, store }
 }
 
@@ -77,9 +91,14 @@ pub fn cluster_port() -> u16 {
 
 /// A cluster of the test's own, for tests that stop and restart Postgres.
 pub fn own_cluster() -> (LocalPostgres, tempfile::TempDir) {
-    let dir = tempfile::Builder::new().prefix("rekey-test-pg-own-").tempdir_in("/tmp").expect("temp dir");
-    let pg = LocalPostgres::start(dir.path())
-        .unwrap_or_else(|e| panic!("cannot start Postgres: {e}\ninstall it: `apt-get install -y postgresql`"));
-    pg.stop_when_process_exits(std::process::id(), None).expect("watchdog");
+    let dir = tempfile::Builder::new()
+        .prefix("rekey-test-pg-own-")
+        .tempdir_in("/tmp")
+        .expect("temp dir");
+    let pg = LocalPostgres::start(dir.path()).unwrap_or_else(|e| {
+        panic!("cannot start Postgres: {e}\ninstall it: `apt-get install -y postgresql`")
+    });
+    pg.stop_when_process_exits(std::process::id(), None)
+        .expect("watchdog");
     (pg, dir)
 }

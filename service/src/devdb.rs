@@ -139,14 +139,12 @@ impl LocalPostgres {
                     break;
                 }
             }
-            for d in [&socket_dir] {
-                nix::unistd::chown(d.as_path(), Some(uid.into()), Some(gid.into())).map_err(
-                    |e| DevDbError::Step {
-                        step: "chown socket dir",
-                        detail: e.to_string(),
-                    },
-                )?;
-            }
+            nix::unistd::chown(socket_dir.as_path(), Some(uid.into()), Some(gid.into())).map_err(
+                |e| DevDbError::Step {
+                    step: "chown socket dir",
+                    detail: e.to_string(),
+                },
+            )?;
         }
         let mut me = Self {
             bin,
@@ -295,7 +293,9 @@ impl LocalPostgres {
     /// running destructors: a detached watchdog polls for it.
     pub fn stop_when_process_exits(&self, pid: u32, remove: Option<&Path>) -> std::io::Result<()> {
         let pidfile = self.data.join("postmaster.pid");
-        let rm = remove.map(|p| format!("rm -rf '{}'", p.display())).unwrap_or_default();
+        let rm = remove
+            .map(|p| format!("rm -rf '{}'", p.display()))
+            .unwrap_or_default();
         let script = format!(
             "while kill -0 {pid} 2>/dev/null; do sleep 0.5; done; \
              kill -QUIT $(head -1 '{}') 2>/dev/null; sleep 1; {rm}",

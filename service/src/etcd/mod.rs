@@ -1,5 +1,7 @@
 //! etcd encryption at rest: the EncryptionConfiguration, value formats, scan.
 
+pub mod client;
+
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};

@@ -5,6 +5,8 @@
 //! `migrations/` are embedded and applied by `rekey migrate` and at start-up.
 
 pub mod audit;
+pub mod credentials;
+pub mod rotations;
 
 use std::time::Duration;
 

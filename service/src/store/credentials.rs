@@ -1,0 +1,126 @@
+//! `credentials`: one row per tracked credential.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use super::{Store, StoreError};
+
+/// Kinds of credential (the `kind` column).
+pub mod kind {
+    /// An X.509 certificate.
+    pub const CERTIFICATE: &str = "certificate";
+    /// A service-account token.
+    pub const SERVICE_ACCOUNT_TOKEN: &str = "service_account_token";
+    /// A bootstrap token.
+    pub const BOOTSTRAP_TOKEN: &str = "bootstrap_token";
+}
+
+/// A credential as stored.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct Credential {
+    /// Row id.
+    pub id: i64,
+    /// Unique name.
+    pub name: String,
+    /// `certificate`, `service_account_token` or `bootstrap_token`.
+    pub kind: String,
+    /// `config`, `api`, `scan` or `discovered`.
+    pub source: String,
+    /// Rotated by rekey (false: tracked for expiry only).
+    pub managed: bool,
+    /// The spec (kind-specific JSON).
+    pub spec: serde_json::Value,
+    /// The sink (JSON).
+    pub sink: serde_json::Value,
+    /// Cron schedule.
+    pub schedule: Option<String>,
+    /// Start of the current version's validity.
+    pub not_before: Option<DateTime<Utc>>,
+    /// End of the current version's validity (None: never expires).
+    pub not_after: Option<DateTime<Utc>>,
+    /// The current published version.
+    pub current_version: Option<i64>,
+    /// When the engine will rotate it next.
+    pub next_rotation_at: Option<DateTime<Utc>>,
+    /// Why then (`schedule`, `renew_fraction`, `renew_before`, `manual`, ...).
+    pub next_rotation_reason: Option<String>,
+    /// Consecutive failed rotations.
+    pub failures: i32,
+    /// The last rotation error, if the last attempt failed.
+    pub last_error: Option<String>,
+    /// Replica holding the lease, if claimed.
+    pub lease_owner: Option<String>,
+    /// When first tracked.
+    pub created_at: DateTime<Utc>,
+    /// Last change.
+    pub updated_at: DateTime<Utc>,
+}
+
+/// The one-word state shown by `rekey status` and the API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum State {
+    /// Valid, and rotation is on schedule.
+    Valid,
+    /// Past `not_after`.
+    Expired,
+    /// Valid but the last rotation attempt failed.
+    Failing,
+    /// Declared but no version has been issued yet.
+    Pending,
+    /// Never expires (a legacy long-lived token): a warning.
+    NoExpiry,
+    /// Revoked (bootstrap tokens).
+    Revoked,
+}
+
+impl State {
+    /// The spelling in output.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Valid => "valid",
+            Self::Expired => "expired",
+            Self::Failing => "failing",
+            Self::Pending => "pending",
+            Self::NoExpiry => "no-expiry",
+            Self::Revoked => "revoked",
+        }
+    }
+}
+
+impl Credential {
+    /// The state at `now`.
+    pub fn state(&self, now: DateTime<Utc>) -> State {
+        match self.not_after {
+            Some(t) if t <= now => State::Expired,
+            Some(_) if self.failures > 0 => State::Failing,
+            Some(_) => State::Valid,
+            None if self.managed => State::Pending,
+            None => State::NoExpiry,
+        }
+    }
+}
+
+const COLUMNS: &str = "id, name, kind, source, managed, spec, sink, schedule, not_before, not_after, current_version,
+    next_rotation_at, next_rotation_reason, failures, last_error, lease_owner, created_at, updated_at";
+
+impl Store {
+    /// Every credential not removed, by name.
+    pub async fn list_credentials(&self) -> Result<Vec<Credential>, StoreError> {
+        let sql =
+            format!("SELECT {COLUMNS} FROM credentials WHERE removed_at IS NULL ORDER BY name");
+        Ok(sqlx::query_as::<_, Credential>(sqlx::AssertSqlSafe(sql))
+            .fetch_all(self.pool())
+            .await?)
+    }
+
+    /// One credential by name.
+    pub async fn credential(&self, name: &str) -> Result<Option<Credential>, StoreError> {
+        let sql =
+            format!("SELECT {COLUMNS} FROM credentials WHERE name = $1 AND removed_at IS NULL");
+        Ok(sqlx::query_as::<_, Credential>(sqlx::AssertSqlSafe(sql))
+            .bind(name)
+            .fetch_optional(self.pool())
+            .await?)
+    }
+}
