@@ -72,6 +72,14 @@ pub struct RotateArgs {
     /// Why, for the audit record.
     #[arg(long)]
     pub reason: Option<String>,
+    /// With --wait: give up waiting after this long (the rotation goes on).
+    #[arg(long, default_value = "5m")]
+    pub timeout: crate::units::HumanDuration,
+    /// Print the rotation as JSON.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub client: crate::api::client::ClientArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -138,7 +146,18 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Status(args) => status::run(args).await,
         Command::Ca(cmd) => ca::run(cmd),
         Command::Migrate(args) => db::migrate(args).await,
-        Command::Rotate(_) | Command::Token(_) | Command::Etcd(_) | Command::Backup(_) => {
+        Command::Rotate(a) => {
+            crate::api::client::rotate_command(
+                &a.client,
+                &a.name,
+                a.wait,
+                a.reason.as_deref(),
+                a.json,
+                a.timeout.get(),
+            )
+            .await
+        }
+        Command::Token(_) | Command::Etcd(_) | Command::Backup(_) => {
             anyhow::bail!("this command is not available in this build yet")
         }
     }
