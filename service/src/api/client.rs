@@ -16,9 +16,12 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
 
 use super::{
     problem::Problem,
-    routes::{CredentialList, RotationView},
+    routes::{CredentialList, CredentialView, RotationView},
 };
-use crate::error::{BadInput, ProblemFound};
+use crate::{
+    error::{BadInput, ProblemFound},
+    store::credentials::{Credential, State},
+};
 
 /// How to reach the admin API (flags, or the environment).
 #[derive(Debug, Clone, clap::Args)]
@@ -342,64 +345,50 @@ pub async fn rotate_command(
     Ok(ExitCode::SUCCESS)
 }
 
-/// `rekey status --server URL [--json]`: the inventory from a running server.
+/// `rekey status --server URL [--json]`: the inventory from a running server,
+/// printed exactly as the local `rekey status` prints it.
 pub async fn status_command(client: &ClientArgs, json: bool) -> anyhow::Result<ExitCode> {
     let api = ApiClient::new(client, Duration::from_secs(30))?;
     let list = api.credentials().await?;
+    let now = chrono::Utc::now();
+    let credentials: Vec<Credential> = list.credentials.into_iter().map(to_stored).collect();
     if json {
-        let creds: Vec<serde_json::Value> = list
-            .credentials
-            .iter()
-            .map(|c| {
-                serde_json::json!({
-                    "name": c.name,
-                    "kind": c.kind,
-                    "not_before": c.not_before,
-                    "not_after": c.not_after,
-                    "next_rotation_at": c.next_rotation_at,
-                    "state": c.state,
-                })
-            })
-            .collect();
         println!(
             "{}",
-            serde_json::to_string_pretty(&serde_json::json!({ "credentials": creds }))?
+            serde_json::to_string_pretty(&crate::cli::status::document(&credentials, now))?
         );
     } else {
-        let fmt = |t: Option<chrono::DateTime<chrono::Utc>>| {
-            t.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
-                .unwrap_or_else(|| "-".into())
-        };
-        let width = list
-            .credentials
-            .iter()
-            .map(|c| c.name.len())
-            .max()
-            .unwrap_or(4)
-            .max(4);
-        println!(
-            "{:<width$}  {:<22}  {:<9}  {:<20}  NEXT ROTATION",
-            "NAME", "KIND", "STATE", "NOT AFTER"
-        );
-        for c in &list.credentials {
-            println!(
-                "{:<width$}  {:<22}  {:<9}  {:<20}  {}",
-                c.name,
-                c.kind,
-                c.state,
-                fmt(c.not_after),
-                fmt(c.next_rotation_at)
-            );
-        }
+        print!("{}", crate::cli::status::table(&credentials, now));
     }
-    let expired: Vec<&str> = list
-        .credentials
-        .iter()
-        .filter(|c| c.state == "expired")
-        .map(|c| c.name.as_str())
-        .collect();
-    if !expired.is_empty() {
-        return Err(ProblemFound(format!("expired: {}", expired.join(", "))).into());
+    Ok(
+        if credentials.iter().any(|c| c.state(now) == State::Expired) {
+            ExitCode::from(1)
+        } else {
+            ExitCode::SUCCESS
+        },
+    )
+}
+
+/// The store's shape of a credential the API sent (for the shared renderers).
+fn to_stored(v: CredentialView) -> Credential {
+    Credential {
+        id: 0,
+        name: v.name,
+        kind: v.kind,
+        source: v.source,
+        managed: v.managed,
+        spec: v.spec,
+        sink: v.sink,
+        schedule: v.schedule,
+        not_before: v.not_before,
+        not_after: v.not_after,
+        current_version: v.current_version,
+        next_rotation_at: v.next_rotation_at,
+        next_rotation_reason: v.next_rotation_reason,
+        failures: v.failures,
+        last_error: v.last_error,
+        lease_owner: None,
+        created_at: v.created_at,
+        updated_at: v.updated_at,
     }
-    Ok(ExitCode::SUCCESS)
 }

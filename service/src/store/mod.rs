@@ -6,7 +6,9 @@
 
 pub mod audit;
 pub mod credentials;
+pub mod engine;
 pub mod rotations;
+pub mod sync;
 
 use std::time::Duration;
 
