@@ -91,7 +91,12 @@ pub enum Principal {
     },
     /// A bearer token TokenReview accepted.
     Token(TokenUser),
+    /// Nobody in particular, on a plain-HTTP listener (`insecure_plain_http`): a viewer.
+    Anonymous,
 }
+
+/// The audit name of callers on a plain-HTTP listener without a token.
+pub const ANONYMOUS: &str = "anonymous (plain HTTP)";
 
 /// A caller: who (for the audit log) and how they proved it.
 #[derive(Debug, Clone)]

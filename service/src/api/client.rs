@@ -127,7 +127,9 @@ impl ApiClient {
                     (None, None) => tls.with_no_client_auth(),
                     _ => return Err(bad("--cert and --key go together")),
                 };
-                tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+                // HTTP/1.1: a refused handshake then surfaces as the TLS alert
+                // itself (over h2 it is only "connection closed").
+                tls.alpn_protocols = vec![b"http/1.1".to_vec()];
                 builder = builder.tls_backend_preconfigured(tls);
             }
             "http" => {}
@@ -267,6 +269,42 @@ pub fn explain(err: &reqwest::Error, cert: Option<&Path>, base: &reqwest::Url) -
         }
         source = e.source();
     }
+    // Some layers flatten the rustls error into text: recognise the alerts there.
+    let mut chain = err.to_string();
+    let mut s = std::error::Error::source(err);
+    while let Some(e) = s {
+        chain.push_str(": ");
+        chain.push_str(&e.to_string());
+        s = e.source();
+    }
+    if chain.contains("CertificateRequired") {
+        return format!(
+            "{base}: the server requires a client certificate: pass --cert and --key (or REKEY_CLIENT_CERT / REKEY_CLIENT_KEY)"
+        );
+    }
+    if [
+        "UnknownCA",
+        "BadCertificate",
+        "CertificateUnknown",
+        "DecryptError",
+        "CertificateExpired",
+    ]
+    .iter()
+    .any(|a| chain.contains(&format!("fatal alert: {a}")))
+    {
+        return match cert {
+            Some(c) => format!(
+                "{base}: the server refused the client certificate {}: it must be signed by the server's [api].client_ca and be valid now ({chain})",
+                c.display()
+            ),
+            None => format!("{base}: the server refused the TLS handshake ({chain})"),
+        };
+    }
+    if chain.contains("invalid peer certificate") {
+        return format!(
+            "{base}: the server's certificate is not trusted: check --cacert and the host name ({chain})"
+        );
+    }
     if err.is_connect() {
         return format!(
             "cannot connect to {base}: {}",
@@ -276,14 +314,7 @@ pub fn explain(err: &reqwest::Error, cert: Option<&Path>, base: &reqwest::Url) -
     if err.is_timeout() {
         return format!("{base} did not answer in time");
     }
-    let mut text = err.to_string();
-    let mut s = std::error::Error::source(err);
-    while let Some(e) = s {
-        text.push_str(": ");
-        text.push_str(&e.to_string());
-        s = e.source();
-    }
-    format!("{base}: {text}")
+    format!("{base}: {chain}")
 }
 
 /// `rekey rotate NAME [--wait] [--reason TEXT]`.

@@ -35,7 +35,7 @@ use crate::store::{
 };
 
 /// The channel the engine notifies (payload: the rotation id) when a rotation finishes.
-pub const ROTATION_DONE_CHANNEL: &str = "rekey_rotation_done";
+pub const ROTATION_DONE_CHANNEL: &str = crate::store::engine::DONE_CHANNEL;
 
 /// How often `?wait=true` re-reads a rotation when no notification arrives.
 const WAIT_POLL: Duration = Duration::from_millis(500);
@@ -63,6 +63,7 @@ pub struct Inner {
     api: ApiState,
     roles: Vec<super::RoleMapping>,
     tokens: Option<TokenAuthenticator>,
+    plain_http: bool,
     wait_timeout: Duration,
     in_flight: Arc<Semaphore>,
     done: broadcast::Sender<Uuid>,
@@ -93,6 +94,7 @@ pub fn router(
         api: state,
         roles: config.roles.clone(),
         tokens,
+        plain_http: config.insecure_plain_http,
         wait_timeout: config.wait_timeout.get(),
         in_flight: Arc::new(Semaphore::new(config.max_concurrent_requests)),
         done,
@@ -330,6 +332,12 @@ impl Inner {
             });
         }
         let Some(token) = &req.bearer else {
+            if self.plain_http {
+                return Ok(Caller {
+                    actor: auth::ANONYMOUS.into(),
+                    principal: Principal::Anonymous,
+                });
+            }
             return Err(HttpError::Unauthenticated(if self.tokens.is_some() {
                 "present a client certificate signed by [api].client_ca or an \
                  `Authorization: Bearer` ServiceAccount token"
@@ -382,6 +390,15 @@ impl Inner {
                         action.min_role().as_str()
                     ),
                 }))
+            }
+            Principal::Anonymous => {
+                if action.allowed_for(Some(super::Role::Viewer)) {
+                    Ok(())
+                } else {
+                    Err(HttpError::Forbidden(
+                        "anonymous callers on plain HTTP are viewers; use mutual TLS (or a bearer token) for this".into(),
+                    ))
+                }
             }
             Principal::Token(user) => {
                 let tokens = self.tokens.as_ref().ok_or_else(|| {

@@ -35,15 +35,15 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// The running servers: where they listen, and their task.
 #[derive(Debug)]
 pub struct Running {
-    /// The admin API's bound address (useful with port 0).
-    pub api_addr: SocketAddr,
+    /// The admin API's bound address (useful with port 0), if it was configured.
+    pub api_addr: Option<SocketAddr>,
     /// The metrics listener's bound address, if one was configured.
     pub metrics_addr: Option<SocketAddr>,
     task: JoinHandle<Result<(), ApiError>>,
 }
 
 impl Running {
-    /// Waits until both servers have stopped (after the shutdown token fires).
+    /// Waits until the servers have stopped (after the shutdown token fires).
     pub async fn wait(self) -> Result<(), ApiError> {
         self.task
             .await
@@ -51,10 +51,10 @@ impl Running {
     }
 }
 
-/// Binds and serves the admin API (and `metrics_listen`, if given) until `shutdown`.
+/// Binds and serves the admin API and/or the metrics listener until `shutdown`.
 pub async fn serve(
     state: ApiState,
-    config: &ApiConfig,
+    config: Option<&ApiConfig>,
     metrics_listen: Option<&str>,
     shutdown: CancellationToken,
 ) -> Result<(), ApiError> {
@@ -64,77 +64,77 @@ pub async fn serve(
         .await
 }
 
-/// Binds the listeners and starts serving in the background.
+/// Binds the listeners (`[api]`, `[metrics] listen`) and serves in the background.
 pub async fn start(
     state: ApiState,
-    config: &ApiConfig,
+    config: Option<&ApiConfig>,
     metrics_listen: Option<&str>,
     shutdown: CancellationToken,
 ) -> Result<Running, ApiError> {
-    let tls = if config.insecure_plain_http {
-        tracing::warn!(
-            listen = %config.listen,
-            "!!! api.insecure_plain_http = true: the admin API is served WITHOUT TLS and WITHOUT \
-             client authentication; anyone who can reach {} can rotate credentials and read the \
-             inventory. Use this only on a development machine. !!!",
-            config.listen
-        );
-        None
-    } else {
-        Some(TlsAcceptor::from(Arc::new(tls_config(config)?)))
-    };
-    if config.token_review && state.kube.is_none() {
-        return Err(ApiError::NoKubeClient);
-    }
-    let api_listener = bind("api.listen", &config.listen).await?;
-    let api_addr = api_listener
-        .local_addr()
-        .map_err(|e| ApiError::Server(e.to_string()))?;
-    let metrics_listener = match metrics_listen {
-        Some(l) => Some(bind("metrics.listen", l).await?),
-        None => None,
-    };
-    let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
-
-    let app = routes::router(state.clone(), config, shutdown.clone())?;
-    let scheme = if tls.is_some() { "https" } else { "http" };
-    tracing::info!(
-        "admin API listening on {scheme}://{api_addr} (client certificates {})",
-        if tls.is_none() {
-            "OFF"
-        } else if config.token_review {
-            "optional; bearer tokens via TokenReview"
+    let mut tasks = Vec::new();
+    let mut api_addr = None;
+    if let Some(config) = config {
+        let tls = if config.insecure_plain_http {
+            tracing::warn!(
+                listen = %config.listen,
+                "!!! api.insecure_plain_http = true: the admin API is served WITHOUT TLS: no client \
+                 certificates, anyone who can reach {} reads the inventory and audit log as an \
+                 anonymous viewer, and bearer tokens travel in clear text. Use this only on a \
+                 development machine. !!!",
+                config.listen
+            );
+            None
         } else {
-            "required"
+            Some(TlsAcceptor::from(Arc::new(tls_config(config)?)))
+        };
+        if config.token_review && state.kube.is_none() {
+            return Err(ApiError::NoKubeClient);
         }
-    );
-    let max_conns = Arc::new(Semaphore::new(config.max_connections));
-    let api = tokio::spawn(accept_loop(
-        api_listener,
-        tls,
-        app,
-        max_conns,
-        shutdown.clone(),
-    ));
-    let metrics = metrics_listener.map(|l| {
-        if let Some(a) = metrics_addr {
-            tracing::info!("metrics listening on http://{a} (/metrics, /healthz, /readyz)");
-        }
-        tokio::spawn(accept_loop(
-            l,
+        let listener = bind("api.listen", &config.listen).await?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| ApiError::Server(e.to_string()))?;
+        api_addr = Some(addr);
+        let app = routes::router(state.clone(), config, shutdown.clone())?;
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        tracing::info!(
+            "admin API listening on {scheme}://{addr} (client certificates {})",
+            if tls.is_none() {
+                "OFF"
+            } else if config.token_review {
+                "optional; bearer tokens via TokenReview"
+            } else {
+                "required"
+            }
+        );
+        let max_conns = Arc::new(Semaphore::new(config.max_connections));
+        tasks.push(tokio::spawn(accept_loop(
+            listener,
+            tls,
+            app,
+            max_conns,
+            shutdown.clone(),
+        )));
+    }
+    let mut metrics_addr = None;
+    if let Some(l) = metrics_listen {
+        let listener = bind("metrics.listen", l).await?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| ApiError::Server(e.to_string()))?;
+        metrics_addr = Some(addr);
+        tracing::info!("metrics listening on http://{addr} (/metrics, /healthz, /readyz)");
+        tasks.push(tokio::spawn(accept_loop(
+            listener,
             None,
             routes::metrics_router(state),
             Arc::new(Semaphore::new(256)),
             shutdown.clone(),
-        ))
-    });
+        )));
+    }
     let task = tokio::spawn(async move {
-        let joined = |r: Result<Result<(), ApiError>, tokio::task::JoinError>| {
-            r.map_err(|e| ApiError::Server(e.to_string()))?
-        };
-        joined(api.await)?;
-        if let Some(m) = metrics {
-            joined(m.await)?;
+        for t in tasks {
+            t.await.map_err(|e| ApiError::Server(e.to_string()))??;
         }
         Ok(())
     });

@@ -99,6 +99,8 @@ pub fn load_ca(config: &Config) -> anyhow::Result<Option<Arc<CertAuthority>>> {
 
 /// Starts everything the configuration asks for.
 pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Result<Running> {
+    // Before anything records a metric, so nothing is lost.
+    crate::telemetry::install_metrics_recorder();
     let ca = load_ca(&config)?;
     let store = connect(&config).await?;
     let replica = config
@@ -140,6 +142,10 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
             )
         });
     }
+    if config.api.is_some() || config.metrics.is_some() {
+        let running = start_api(&config, &store, &engine, shutdown.clone()).await?;
+        tasks.spawn(async move { ("api", running.wait().await.map_err(anyhow::Error::from)) });
+    }
     if !config.scans.is_empty() {
         let dirs: Vec<_> = config.scans.iter().map(|s| s.dir.clone()).collect();
         let store = store.clone();
@@ -163,6 +169,37 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         store,
         shutdown,
         tasks,
+    })
+}
+
+/// Starts the admin API (`[api]`) and the metrics listener (`[metrics]`).
+pub async fn start_api(
+    config: &Config,
+    store: &Store,
+    engine: &Arc<Engine>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<crate::api::Running> {
+    let mut state = crate::api::ApiState::new(store.clone(), engine.running());
+    if config.api.as_ref().is_some_and(|a| a.token_review) {
+        state.kube = Some(
+            crate::api::kube_client(config.kubernetes.as_ref())
+                .await
+                .map_err(|e| BadInput::new(e))?,
+        );
+    }
+    crate::api::start(
+        state,
+        config.api.as_ref(),
+        config.metrics.as_ref().map(|m| m.listen.as_str()),
+        shutdown,
+    )
+    .await
+    .map_err(|e| {
+        if e.is_bad_input() {
+            anyhow::Error::new(BadInput::new(e))
+        } else {
+            anyhow::Error::new(e)
+        }
     })
 }
 
