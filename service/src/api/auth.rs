@@ -227,12 +227,15 @@ pub enum AuthError {
     },
 }
 
+/// Accepted tokens by sha256, with when they were reviewed.
+type TokenCache = HashMap<[u8; 32], (Instant, TokenUser)>;
+
 /// Verifies bearer tokens with TokenReview and authorizes with SubjectAccessReview.
 #[derive(Clone)]
 pub struct TokenAuthenticator {
     client: kube::Client,
     audiences: Vec<String>,
-    cache: Arc<Mutex<HashMap<[u8; 32], (Instant, TokenUser)>>>,
+    cache: Arc<Mutex<TokenCache>>,
 }
 
 impl std::fmt::Debug for TokenAuthenticator {

@@ -184,7 +184,7 @@ pub async fn start_api(
         state.kube = Some(
             crate::api::kube_client(config.kubernetes.as_ref())
                 .await
-                .map_err(|e| BadInput::new(e))?,
+                .map_err(BadInput::new)?,
         );
     }
     crate::api::start(
