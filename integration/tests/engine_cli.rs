@@ -240,13 +240,14 @@ async fn status_json_matches_the_database_and_exits_1_on_an_expired_scanned_cert
     let doc: serde_json::Value = serde_json::from_str(&stdout).expect("status --json is JSON");
     let rows = doc["credentials"].as_array().expect("credentials array");
     assert_eq!(rows.len(), 3);
-    let db: Vec<(
+    type Row = (
         String,
         String,
         chrono::DateTime<Utc>,
         chrono::DateTime<Utc>,
         chrono::DateTime<Utc>,
-    )> = sqlx::query_as(
+    );
+    let db: Vec<Row> = sqlx::query_as(
         "SELECT name, kind, not_before, not_after, next_rotation_at FROM credentials ORDER BY name",
     )
     .fetch_all(s.db.pool())
