@@ -10,3 +10,4 @@ pub mod api;
 pub mod bin;
 pub mod etcd;
 pub mod pg;
+pub mod serve;
