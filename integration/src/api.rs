@@ -133,6 +133,25 @@ impl Pki {
 
     /// An HTTPS client trusting the API CA, presenting `cert` if given.
     pub fn client_with(&self, cert: Option<(PathBuf, PathBuf)>) -> reqwest::Client {
+        self.client_opts(cert, true, usize::MAX)
+    }
+
+    /// Like [`Pki::client_with`], HTTP/1.1 only, keeping at most `max_idle`
+    /// idle connections (0: a new connection and handshake per request).
+    pub fn client_with_pool(
+        &self,
+        cert: Option<(PathBuf, PathBuf)>,
+        max_idle: usize,
+    ) -> reqwest::Client {
+        self.client_opts(cert, false, max_idle)
+    }
+
+    fn client_opts(
+        &self,
+        cert: Option<(PathBuf, PathBuf)>,
+        http2: bool,
+        max_idle: usize,
+    ) -> reqwest::Client {
         let mut roots = rustls::RootCertStore::empty();
         for c in CertificateDer::pem_file_iter(&self.ca_cert).expect("ca") {
             roots.add(c.expect("ca pem")).expect("root");
@@ -154,8 +173,13 @@ impl Pki {
                 .expect("client auth"),
             None => b.with_no_client_auth(),
         };
-        tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        tls.alpn_protocols = if http2 {
+            vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+        } else {
+            vec![b"http/1.1".to_vec()]
+        };
         reqwest::Client::builder()
+            .pool_max_idle_per_host(max_idle)
             .tls_backend_preconfigured(tls)
             .timeout(Duration::from_secs(60))
             .build()
@@ -186,7 +210,7 @@ sink = {{ kind = "file", dir = "{}" }}
 /// A running `rekey serve`; killed on drop.
 pub struct Serve {
     child: Child,
-    /// `https://localhost:PORT`.
+    /// `https://localhost:PORT` (`http://127.0.0.1:PORT` with `insecure_plain_http = true`).
     pub url: String,
     /// `http://127.0.0.1:PORT` (the metrics listener).
     pub metrics_url: String,
@@ -246,9 +270,14 @@ listen = "127.0.0.1:{metrics_port}"
             .stderr(Stdio::from(std::fs::File::create(&log).expect("log")))
             .spawn()
             .expect("spawning rekey serve");
+        let plain = api_extra.contains("insecure_plain_http = true");
         let mut me = Self {
             child,
-            url: format!("https://localhost:{port}"),
+            url: if plain {
+                format!("http://127.0.0.1:{port}")
+            } else {
+                format!("https://localhost:{port}")
+            },
             metrics_url: format!("http://127.0.0.1:{metrics_port}"),
             config,
             log,

@@ -137,6 +137,25 @@ pub fn dev_certs(state_dir: &Path, listen: &str, now: DateTime<Utc>) -> Result<D
 }
 
 impl DevApi {
+    /// The `[api]` section (TOML) for the generated dev configuration.
+    pub fn config_toml(&self) -> String {
+        let q = |p: &Option<PathBuf>| {
+            p.as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default()
+        };
+        format!(
+            "\n# The admin API (mutual TLS); certificates written by `rekey dev` under {dir}.\n\
+             [api]\nlisten = \"{listen}\"\ntls_cert = \"{cert}\"\ntls_key = \"{key}\"\n\
+             client_ca = \"{ca}\"\nroles = [ {{ subject_cn = \"{DEV_OPERATOR_CN}\", role = \"operator\" }} ]\n",
+            dir = self.dir.display(),
+            listen = self.config.listen,
+            cert = q(&self.config.tls_cert),
+            key = q(&self.config.tls_key),
+            ca = q(&self.config.client_ca),
+        )
+    }
+
     /// How to call the API served at `addr` with curl and with the `rekey` CLI.
     pub fn usage(&self, addr: std::net::SocketAddr) -> String {
         let host = if addr.ip().is_loopback() || addr.ip().is_unspecified() {
@@ -187,5 +206,12 @@ mod tests {
         );
         // Again: files are replaced, not refused.
         dev_certs(dir.path(), "127.0.0.1:0", Utc::now()).unwrap();
+        // The TOML section parses into the same [api].
+        let text = format!(
+            "[database]\nurl = \"postgres://x@y/z\"\n{}",
+            dev.config_toml()
+        );
+        let c = crate::config::Config::parse(&text, &Default::default(), dir.path()).unwrap();
+        assert_eq!(c.api.unwrap().client_ca, dev.config.client_ca);
     }
 }
