@@ -176,6 +176,18 @@ async fn operator_rotates_now_and_a_new_version_is_published() {
     let first = wait_published(&db, WEB).await;
     let before = std::fs::read(pki.dir.path().join("sink-web/tls.crt")).unwrap();
     let client = pki.client("operator");
+    let list_version = || async {
+        let (_, _, list) = json(
+            client
+                .get(format!("{}/v1/credentials", serve.url))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        list["credentials"][0]["current_version"].as_i64().unwrap()
+    };
+    assert_eq!(list_version().await, first);
     let r = client
         .post(format!("{}/v1/credentials/{}/rotate", serve.url, enc(WEB)))
         .json(&serde_json::json!({"reason": "key compromise drill"}))
@@ -220,6 +232,11 @@ async fn operator_rotates_now_and_a_new_version_is_published() {
     .await;
     assert_ne!(cred["current_version"].as_i64().unwrap(), first);
     assert_eq!(cred["current_version"], done["version_id"]);
+    // The list (served from its rendered copy until the table changes) follows at once.
+    assert_eq!(
+        list_version().await,
+        cred["current_version"].as_i64().unwrap()
+    );
     assert_eq!(cred["recent_rotations"][0]["id"].as_str().unwrap(), id);
     let after = std::fs::read(pki.dir.path().join("sink-web/tls.crt")).unwrap();
     assert_ne!(before, after, "the sink still holds the old certificate");
@@ -502,6 +519,18 @@ async fn errors_are_problem_documents() {
     assert_eq!((status, ct.as_str()), (404, "application/problem+json"));
     assert_eq!(body["type"], "urn:rekey:problem:not-found");
     assert!(body["detail"].as_str().unwrap().contains("cert/nope"));
+
+    // The CLI: an unknown credential is bad input (exit 2), and so is a missing server.
+    let out = run(serve
+        .cli(&pki, Some("operator"))
+        .args(["rotate", "cert/nope"]));
+    let (code, _, stderr) = outcome(&out);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("cert/nope"), "{stderr}");
+    let out = run(rekey_integration::bin::rekey().args(["rotate", "cert/nope"]));
+    let (code, _, stderr) = outcome(&out);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("--server"), "{stderr}");
 
     let r = client
         .get(format!("{}/v1/credentials/{}", serve.url, enc("cert/nope")))

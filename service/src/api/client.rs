@@ -14,10 +14,7 @@ use std::{
 use anyhow::Context;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
 
-use super::{
-    problem::Problem,
-    routes::{CredentialList, CredentialView, RotationView},
-};
+use super::{inventory::CredentialList, problem::Problem, routes::RotationView};
 use crate::{
     error::{BadInput, ProblemFound},
     store::credentials::{Credential, State},
@@ -382,7 +379,7 @@ pub async fn status_command(client: &ClientArgs, json: bool) -> anyhow::Result<E
     let api = ApiClient::new(client, Duration::from_secs(30))?;
     let list = api.credentials().await?;
     let now = chrono::Utc::now();
-    let credentials: Vec<Credential> = list.credentials.into_iter().map(to_stored).collect();
+    let credentials: Vec<Credential> = list.credentials.iter().map(|c| c.to_stored(now)).collect();
     if json {
         println!(
             "{}",
@@ -398,28 +395,4 @@ pub async fn status_command(client: &ClientArgs, json: bool) -> anyhow::Result<E
             ExitCode::SUCCESS
         },
     )
-}
-
-/// The store's shape of a credential the API sent (for the shared renderers).
-fn to_stored(v: CredentialView) -> Credential {
-    Credential {
-        id: 0,
-        name: v.name,
-        kind: v.kind,
-        source: v.source,
-        managed: v.managed,
-        spec: v.spec,
-        sink: v.sink,
-        schedule: v.schedule,
-        not_before: v.not_before,
-        not_after: v.not_after,
-        current_version: v.current_version,
-        next_rotation_at: v.next_rotation_at,
-        next_rotation_reason: v.next_rotation_reason,
-        failures: v.failures,
-        last_error: v.last_error,
-        lease_owner: None,
-        created_at: v.created_at,
-        updated_at: v.updated_at,
-    }
 }

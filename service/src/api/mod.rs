@@ -9,6 +9,7 @@
 //!
 //! - [`server`]: TLS configuration, the accept loop, the plain-HTTP metrics listener.
 //! - [`routes`]: the router, handlers and the OpenAPI document (utoipa).
+//! - [`inventory`]: the credential list, rendered once per change of the table.
 //! - [`auth`]: identities, roles, actions, TokenReview/SubjectAccessReview.
 //! - [`problem`]: RFC 9457 errors with stable types.
 //! - [`client`]: the HTTP client behind `rekey rotate` and `rekey status --server`.
@@ -21,6 +22,7 @@
 pub mod auth;
 pub mod client;
 pub mod dev;
+pub mod inventory;
 pub mod problem;
 pub mod routes;
 pub mod server;

@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 use utoipa::{IntoParams, OpenApi, ToSchema};
 use uuid::Uuid;
 
+use super::inventory::{CredentialList, CredentialSummary};
 use super::{
     ApiConfig, ApiError, ApiState,
     auth::{self, Action, Caller, PeerInfo, Principal, TokenAuthenticator},
@@ -67,6 +68,7 @@ pub struct Inner {
     wait_timeout: Duration,
     in_flight: Arc<Semaphore>,
     done: broadcast::Sender<Uuid>,
+    inventory: super::inventory::InventoryCache,
 }
 
 /// The request id of the current request.
@@ -98,6 +100,7 @@ pub fn router(
         wait_timeout: config.wait_timeout.get(),
         in_flight: Arc::new(Semaphore::new(config.max_concurrent_requests)),
         done,
+        inventory: Default::default(),
     });
     let limit = config.max_body_size.0 as usize;
     Ok(Router::new()
@@ -434,17 +437,16 @@ impl Inner {
         target: Option<&str>,
         reason: Option<&str>,
     ) -> Result<Caller, HttpError> {
-        let result = match self.authenticate(req).await {
-            Ok(caller) => self.check(&caller, action, target).await.map(|()| caller),
-            Err(e) => Err(e),
+        let (actor, result) = match self.authenticate(req).await {
+            Ok(caller) => (
+                caller.actor.clone(),
+                self.check(&caller, action, target).await.map(|()| caller),
+            ),
+            Err(e) => ("anonymous".to_string(), Err(e)),
         };
         if let (Err(err), Some(name)) = (&result, action.audit_name())
             && matches!(err, HttpError::Forbidden(_) | HttpError::Unauthenticated(_))
         {
-            let actor = match self.authenticate(req).await {
-                Ok(c) => c.actor,
-                Err(_) => "anonymous".to_string(),
-            };
             let event = NewEvent {
                 actor,
                 action: name.into(),
@@ -559,13 +561,6 @@ impl CredentialView {
             updated_at: c.updated_at,
         }
     }
-}
-
-/// Every tracked credential (the shape of `rekey status --json`, with more fields).
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct CredentialList {
-    /// By name.
-    pub credentials: Vec<CredentialView>,
 }
 
 /// One credential and its latest rotations.
@@ -725,16 +720,15 @@ pub struct Readiness {
 async fn list_credentials(State(s): State<Shared>, req: Req) -> Result<Response, HttpError> {
     s.authorize(&req, Action::ListCredentials, None, None)
         .await?;
-    let now = Utc::now();
-    let credentials: Vec<CredentialView> = s
-        .api
-        .store
-        .list_credentials()
-        .await?
-        .into_iter()
-        .map(|c| CredentialView::from_stored(c, now))
-        .collect();
-    Ok(Json(CredentialList { credentials }).into_response())
+    let body = s.inventory.body(&s.api.store, Utc::now()).await?;
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response())
 }
 
 #[utoipa::path(get, path = "/v1/credentials/{name}", tag = "credentials",
@@ -1272,7 +1266,7 @@ async fn openapi_json() -> Response {
         list_bootstrap_tokens, revoke_bootstrap_token, verify_etcd, list_backups, run_backup,
         list_audit, metrics_authed, healthz, readyz, openapi_json
     ),
-    components(schemas(Problem, CredentialView, CredentialList, CredentialDetail, RotationView,
+    components(schemas(Problem, CredentialView, CredentialList, CredentialSummary, CredentialDetail, RotationView,
         RotateRequest, AuditEventView, AuditPage, Health, Readiness)),
     modifiers(&CommonResponses),
     tags(
