@@ -16,7 +16,7 @@ use rekey_integration::pg::{TestDb, fresh_db};
 struct Fixture {
     db: TestDb,
     ca: Arc<CertAuthority>,
-    dir: tempfile::TempDir,
+    _dir: tempfile::TempDir,
     spec: CertificateSpec,
 }
 
