@@ -66,7 +66,7 @@ async fn fixture() -> Fixture {
     Fixture {
         db,
         ca: Arc::new(ca),
-        dir,
+        _dir: dir,
         spec,
     }
 }
