@@ -649,3 +649,73 @@ async fn errors_are_problem_documents() {
     .await;
     assert_eq!(status, 200);
 }
+
+#[tokio::test]
+async fn excess_and_slow_requests_get_503_problems() {
+    let db = fresh_db().await;
+    let pki = Pki::new();
+    let certs = certificate_toml(WEB, "ecdsa-p256", "24h", &pki.dir.path().join("sink-web"));
+    let limits = "max_concurrent_requests = 1\nrequest_timeout = \"2s\"\nwait_timeout = \"1s\"\n";
+    let serve = Serve::start(&db, &pki, limits, &certs).await;
+    let client = pki.client("operator");
+    // A request whose body never finishes holds the only slot...
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(1);
+    tx.send(Ok(b"{".to_vec())).await.unwrap();
+    let body = reqwest::Body::wrap_stream(futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    }));
+    let slow = tokio::spawn({
+        let client = client.clone();
+        let url = format!("{}/v1/credentials/{}/rotate", serve.url, enc(WEB));
+        async move {
+            let started = std::time::Instant::now();
+            let r = client
+                .post(url)
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            (started.elapsed(), json(r).await)
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // ...so another is refused at once rather than queued.
+    let (status, ct, body) = json(
+        client
+            .get(format!("{}/v1/credentials", serve.url))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (status, ct.as_str()),
+        (503, "application/problem+json"),
+        "{body}"
+    );
+    assert_eq!(body["type"], "urn:rekey:problem:unavailable");
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("max_concurrent_requests"),
+        "{body}"
+    );
+    // The slow one is cut off by the request timeout.
+    let (elapsed, (status, _, body)) = slow.await.unwrap();
+    drop(tx);
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body["detail"].as_str().unwrap().contains("request_timeout"),
+        "{body}"
+    );
+    assert!(elapsed < Duration::from_secs(10), "{elapsed:?}");
+    // And the server still answers.
+    let r = client
+        .get(format!("{}/healthz", serve.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}

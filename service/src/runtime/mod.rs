@@ -131,6 +131,9 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         tokens: None,
         reload: None,
     });
+    // Subscribed before the engine starts: a watch value sent while nobody
+    // listens is dropped, and /readyz would never see the engine running.
+    let engine_alive = engine.running();
     let mut tasks = JoinSet::new();
     {
         let engine = engine.clone();
@@ -143,7 +146,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         });
     }
     if config.api.is_some() || config.metrics.is_some() {
-        let running = start_api(&config, &store, &engine, shutdown.clone()).await?;
+        let running = start_api(&config, &store, engine_alive, shutdown.clone()).await?;
         tasks.spawn(async move { ("api", running.wait().await.map_err(anyhow::Error::from)) });
     }
     if !config.scans.is_empty() {
@@ -176,10 +179,10 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
 pub async fn start_api(
     config: &Config,
     store: &Store,
-    engine: &Arc<Engine>,
+    engine_alive: tokio::sync::watch::Receiver<bool>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<crate::api::Running> {
-    let mut state = crate::api::ApiState::new(store.clone(), engine.running());
+    let mut state = crate::api::ApiState::new(store.clone(), engine_alive);
     if config.api.as_ref().is_some_and(|a| a.token_review) {
         state.kube = Some(
             crate::api::kube_client(config.kubernetes.as_ref())
