@@ -188,7 +188,7 @@ pub fn tls_config(config: &ApiConfig) -> Result<ServerConfig, ApiError> {
             message: format!("not a usable CA certificate: {e}"),
         })?;
     }
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let provider = Arc::new(server_provider());
     let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone());
     let verifier = if config.token_review {
         verifier.allow_unauthenticated()
@@ -208,7 +208,23 @@ pub fn tls_config(config: &ApiConfig) -> Result<ServerConfig, ApiError> {
             message: format!("does not go with {}: {e}", cert_path.display()),
         })?;
     server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    server.ignore_client_order = true;
     Ok(server)
+}
+
+/// aws-lc-rs with AES-128-GCM preferred: 128-bit security, and about a third
+/// less AES work per byte than AES-256 on the large inventory responses.
+/// Every default suite stays available; only the server's order changes.
+fn server_provider() -> rustls::crypto::CryptoProvider {
+    let mut provider = rustls::crypto::aws_lc_rs::default_provider();
+    let rank = |s: &rustls::SupportedCipherSuite| match s.suite() {
+        rustls::CipherSuite::TLS13_AES_128_GCM_SHA256 => 0,
+        rustls::CipherSuite::TLS13_AES_256_GCM_SHA384 => 1,
+        rustls::CipherSuite::TLS13_CHACHA20_POLY1305_SHA256 => 2,
+        _ => 3,
+    };
+    provider.cipher_suites.sort_by_key(rank);
+    provider
 }
 
 fn read_certs(field: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>, ApiError> {

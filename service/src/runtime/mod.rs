@@ -183,6 +183,10 @@ pub async fn start_api(
     shutdown: CancellationToken,
 ) -> anyhow::Result<crate::api::Running> {
     let mut state = crate::api::ApiState::new(store.clone(), engine_alive);
+    state.capabilities = Arc::new(crate::api::Capabilities {
+        etcd: config.etcd.clone(),
+        backup: config.backup.clone(),
+    });
     if config.api.as_ref().is_some_and(|a| a.token_review) {
         state.kube = Some(
             crate::api::kube_client(config.kubernetes.as_ref())
