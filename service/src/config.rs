@@ -496,6 +496,9 @@ impl Config {
         {
             fix(p);
         }
+        if let Some(e) = &mut self.etcd {
+            e.resolve_paths(base);
+        }
     }
 
     /// Checks everything serde cannot: ranges, uniqueness, cron syntax.

@@ -4,7 +4,7 @@
 //! failed, 2 bad usage or bad input (see [`crate::error`]).
 
 mod ca;
-mod db;
+pub(crate) mod db;
 mod status;
 
 use std::{path::PathBuf, process::ExitCode};
@@ -45,7 +45,7 @@ enum Command {
     Token(TokenCommand),
     /// etcd encryption at rest.
     #[command(subcommand)]
-    Etcd(EtcdCommand),
+    Etcd(crate::etcd::cli::EtcdCommand),
     /// Encrypted etcd backups.
     #[command(subcommand)]
     Backup(BackupCommand),
@@ -90,16 +90,6 @@ enum TokenCommand {
 }
 
 #[derive(Debug, Subcommand)]
-enum EtcdCommand {
-    /// Check the EncryptionConfiguration and what etcd really stores.
-    Verify {
-        /// The EncryptionConfiguration file.
-        #[arg(long)]
-        encryption_config: PathBuf,
-    },
-}
-
-#[derive(Debug, Subcommand)]
 enum BackupCommand {
     /// Snapshot etcd, encrypt and upload.
     Run,
@@ -138,7 +128,8 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Status(args) => status::run(args).await,
         Command::Ca(cmd) => ca::run(cmd),
         Command::Migrate(args) => db::migrate(args).await,
-        Command::Rotate(_) | Command::Token(_) | Command::Etcd(_) | Command::Backup(_) => {
+        Command::Etcd(cmd) => crate::etcd::cli::run(cmd).await,
+        Command::Rotate(_) | Command::Token(_) | Command::Backup(_) => {
             anyhow::bail!("this command is not available in this build yet")
         }
     }

@@ -1,0 +1,225 @@
+//! One full verification: the library entry point behind `rekey etcd
+//! verify`, `POST /v1/etcd/verify` and the scheduled check.
+//!
+//! ```text
+//!   read file ─► encryption::parse ─┬─ invalid ─► Report { valid: false, scan: null, exit 2 }
+//!                                   └─ valid ─► Keyring ─► scan ─► policy ─► Report (exit 0/1)
+//! ```
+
+use std::path::PathBuf;
+
+use chrono::Utc;
+
+use super::{
+    EtcdConfig,
+    checks::{self, Trigger},
+    client::{ConnectError, connect},
+    encryption::{self, ConfigKind, GroupResource},
+    policy::{self, KeyAge},
+    report::{ConfigReport, Report},
+    scan::{self, DEFAULT_MAX_LISTED, ScanError, ScanOptions},
+    values::Keyring,
+};
+use crate::{
+    store::{Store, StoreError},
+    units::HumanDuration,
+};
+
+/// What to verify.
+#[derive(Debug, Clone)]
+pub struct VerifyOptions {
+    /// The API server's EncryptionConfiguration file.
+    pub encryption_config: PathBuf,
+    /// How to reach etcd (endpoints, TLS).
+    pub etcd: EtcdConfig,
+    /// Key prefix scanned, e.g. `/registry/secrets/`.
+    pub prefix: String,
+    /// Resource whose rules apply (default: the prefix's last segment).
+    pub resource: Option<String>,
+    /// Open only this many values (None: all; 0: classification only).
+    pub sample: Option<u64>,
+    /// A write key older than this is an error.
+    pub max_key_age: Option<HumanDuration>,
+    /// Keys listed per category in the report.
+    pub max_listed: usize,
+}
+
+impl VerifyOptions {
+    /// Options from an `[etcd]` section (scheduled checks); `None` without
+    /// `encryption_config`.
+    pub fn from_config(etcd: &EtcdConfig) -> Option<Self> {
+        Some(Self {
+            encryption_config: etcd.encryption_config.clone()?,
+            etcd: etcd.clone(),
+            prefix: etcd
+                .prefix
+                .clone()
+                .unwrap_or_else(|| super::DEFAULT_PREFIX.into()),
+            resource: etcd.resource.clone(),
+            sample: etcd.sample,
+            max_key_age: etcd.max_key_age,
+            max_listed: DEFAULT_MAX_LISTED,
+        })
+    }
+
+    /// The resource: given, or the prefix's last path segment.
+    pub fn resource_name(&self) -> String {
+        self.resource.clone().unwrap_or_else(|| {
+            self.prefix
+                .trim_end_matches('/')
+                .rsplit('/')
+                .next()
+                .filter(|s| !s.is_empty())
+                .unwrap_or("secrets")
+                .to_string()
+        })
+    }
+}
+
+/// Why a verification could not run (a report with findings is not an error).
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    /// The EncryptionConfiguration file could not be read.
+    #[error("--encryption-config {path}: cannot read: {source}")]
+    ReadConfig {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// etcd could not be reached.
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    /// The scan failed.
+    #[error(transparent)]
+    Scan(#[from] ScanError),
+    /// Reading key history or recording the result failed.
+    #[error("etcd_checks: {0}")]
+    Store(#[from] StoreError),
+}
+
+impl VerifyError {
+    /// True when the caller's input is at fault (exit 2, HTTP 400).
+    pub fn is_bad_input(&self) -> bool {
+        matches!(
+            self,
+            Self::ReadConfig { .. } | Self::Connect(ConnectError::Read { .. })
+        )
+    }
+}
+
+/// Runs a verification. With `history`, the write key's age can come from
+/// earlier recorded checks; nothing is written (see [`verify_and_record`]).
+pub async fn verify(opts: &VerifyOptions, history: Option<&Store>) -> Result<Report, VerifyError> {
+    let path = opts.encryption_config.display().to_string();
+    let text = std::fs::read_to_string(&opts.encryption_config).map_err(|source| {
+        VerifyError::ReadConfig {
+            path: path.clone(),
+            source,
+        }
+    })?;
+    let sha256 = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(text.as_bytes()))
+    };
+    let config = match encryption::parse(&text) {
+        Ok(c) => c,
+        Err(errors) => {
+            let config = ConfigReport {
+                path,
+                sha256: Some(sha256),
+                valid: false,
+                kind: None,
+                write: None,
+                write_fingerprint: None,
+                findings: policy::invalid(&errors.0),
+            };
+            let exit_code = Report::compute_exit_code(&config, None);
+            return Ok(Report {
+                config,
+                scan: None,
+                checked_at: Utc::now(),
+                exit_code,
+            });
+        }
+    };
+    let resource = opts.resource_name();
+    let gr = GroupResource::parse(&resource);
+    let ring = Keyring::new(&config, &gr);
+    let transformers = config.transformers_for(&gr);
+    let write_key = transformers.first().and_then(|t| t.key);
+    let write_label = ring.write_label();
+    let write_fingerprint = write_key.map(|k| k.fingerprint());
+
+    let age = match (write_key, opts.max_key_age) {
+        (Some(k), Some(_)) => match (k.created_at, history) {
+            (Some(t), _) => KeyAge::Annotation(t),
+            (None, Some(store)) => {
+                match checks::first_seen_writing(store, &k.fingerprint()).await? {
+                    Some(t) => KeyAge::History(t),
+                    None => KeyAge::Unknown,
+                }
+            }
+            (None, None) => KeyAge::Unknown,
+        },
+        _ => KeyAge::Unknown,
+    };
+
+    let client = connect(&opts.etcd).await?;
+    let scan_opts = ScanOptions {
+        prefix: opts.prefix.clone(),
+        resource: resource.clone(),
+        sample: opts.sample,
+        max_listed: opts.max_listed,
+    };
+    let scan = scan::scan(&client, &ring, &scan_opts).await?;
+
+    let now = Utc::now();
+    let mut findings = policy::config_findings(
+        &config,
+        &gr,
+        opts.max_key_age.map(HumanDuration::chrono),
+        &age,
+        now,
+    );
+    findings.extend(policy::scan_findings(&scan, ring.reads_plaintext()));
+    let config_report = ConfigReport {
+        path,
+        sha256: Some(sha256),
+        valid: true,
+        kind: Some(
+            match config.kind {
+                ConfigKind::Current => "EncryptionConfiguration",
+                ConfigKind::Legacy => "EncryptionConfig",
+            }
+            .into(),
+        ),
+        write: Some(write_label),
+        write_fingerprint,
+        findings,
+    };
+    let exit_code = Report::compute_exit_code(&config_report, Some(&scan));
+    Ok(Report {
+        config: config_report,
+        scan: Some(scan),
+        checked_at: now,
+        exit_code,
+    })
+}
+
+/// Runs a verification and, with a store, records it in `etcd_checks`
+/// (the key-age history comes from the same store). Returns the report and
+/// the row id when recorded.
+pub async fn verify_and_record(
+    opts: &VerifyOptions,
+    store: Option<&Store>,
+    trigger: Trigger,
+) -> Result<(Report, Option<i64>), VerifyError> {
+    let started = Utc::now();
+    let report = verify(opts, store).await?;
+    let id = match store {
+        Some(s) => Some(checks::record(s, &report, opts, trigger, started).await?),
+        None => None,
+    };
+    Ok((report, id))
+}
