@@ -8,4 +8,5 @@
 
 pub mod bin;
 pub mod etcd;
+pub mod k8s_values;
 pub mod pg;
