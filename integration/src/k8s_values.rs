@@ -51,7 +51,10 @@ pub fn encode(requests: &[Value]) -> Vec<Vec<u8>> {
     let mut stdin = child.stdin.take().expect("stdin");
     let writer = std::thread::spawn(move || stdin.write_all(&input));
     let out = child.wait_with_output().expect("encoder output");
-    writer.join().expect("writer thread").expect("writing to the encoder");
+    writer
+        .join()
+        .expect("writer thread")
+        .expect("writing to the encoder");
     assert!(
         out.status.success(),
         "the encoder failed (are `cryptography` and `pynacl` installed? `pip install -r integration/requirements.txt`): {}",

@@ -115,13 +115,19 @@ async fn every_format_is_classified_counted_and_proven() {
         secret("ns", "truncated", "aesgcm", "k1", GCM1),
         secret("ns", "unknown-key", "aesgcm", "k9", GCM1),
     ];
-    reqs.push(json!({"etcd_key": key("box-json"), "format": "secretbox", "key_name": "box1",
-        "secret": BOX1, "object": "json", "name": "box-json", "namespace": "ns"}));
-    reqs.push(json!({"etcd_key": key("plain-json"), "format": "plaintext", "object": "json",
-        "name": "plain-json", "namespace": "ns"}));
+    reqs.push(
+        json!({"etcd_key": key("box-json"), "format": "secretbox", "key_name": "box1",
+        "secret": BOX1, "object": "json", "name": "box-json", "namespace": "ns"}),
+    );
+    reqs.push(
+        json!({"etcd_key": key("plain-json"), "format": "plaintext", "object": "json",
+        "name": "plain-json", "namespace": "ns"}),
+    );
     // Encrypted for gcm-a's key path, stored under another: GCM's AAD must refuse it.
-    reqs.push(json!({"etcd_key": key("moved"), "aad_key": key("gcm-a"), "format": "aesgcm",
-        "key_name": "k1", "secret": GCM1, "name": "gcm-a", "namespace": "ns"}));
+    reqs.push(
+        json!({"etcd_key": key("moved"), "aad_key": key("gcm-a"), "format": "aesgcm",
+        "key_name": "k1", "secret": GCM1, "name": "gcm-a", "namespace": "ns"}),
+    );
     let values = encode(&reqs);
     let mut kvs: Vec<(String, Vec<u8>)> = Vec::new();
     for (req, mut value) in reqs.iter().zip(values) {
@@ -145,7 +151,10 @@ async fn every_format_is_classified_counted_and_proven() {
     load(&client, kvs).await;
 
     let (code, r) = verify_json(&etcd, &config, &[]);
-    assert_eq!(code, 1, "plaintext and undecryptable values fail the check: {r:#}");
+    assert_eq!(
+        code, 1,
+        "plaintext and undecryptable values fail the check: {r:#}"
+    );
     let s = &r["scan"];
     assert_eq!(r["config"]["valid"], true);
     assert_eq!(r["config"]["write"], "aesgcm:k1");
@@ -162,10 +171,19 @@ async fn every_format_is_classified_counted_and_proven() {
     assert_eq!(s["by_key"]["secretbox:box1"], 3);
     assert_eq!(s["by_key"]["kms:v2:vault"], 1);
     assert_eq!(s["by_key"]["identity"], 2);
-    assert_eq!(strings(&s["plaintext"]), [key("plain-json"), key("plain-proto")]);
+    assert_eq!(
+        strings(&s["plaintext"]),
+        [key("plain-json"), key("plain-proto")]
+    );
     assert_eq!(
         strings(&s["stale"]),
-        [key("box"), key("box-json"), key("cbc"), key("gcm-old"), key("kms")]
+        [
+            key("box"),
+            key("box-json"),
+            key("cbc"),
+            key("gcm-old"),
+            key("kms")
+        ]
     );
     assert_eq!(
         strings(&s["undecryptable"]),
@@ -181,17 +199,34 @@ async fn every_format_is_classified_counted_and_proven() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|p| (p["key"].as_str().unwrap().into(), p["reason"].as_str().unwrap().into()))
+        .map(|p| {
+            (
+                p["key"].as_str().unwrap().into(),
+                p["reason"].as_str().unwrap().into(),
+            )
+        })
         .collect();
     let reason = |k: &str| &reasons.iter().find(|(key, _)| key.ends_with(k)).unwrap().1;
-    assert!(reason("/moved").contains("authentication failed"), "{reasons:?}");
+    assert!(
+        reason("/moved").contains("authentication failed"),
+        "{reasons:?}"
+    );
     assert!(reason("/truncated").contains("too short"), "{reasons:?}");
-    assert!(reason("/unknown-key").contains("no configured provider or key"), "{reasons:?}");
-    assert!(reason("/cbc-flipped").contains("not a Kubernetes"), "{reasons:?}");
+    assert!(
+        reason("/unknown-key").contains("no configured provider or key"),
+        "{reasons:?}"
+    );
+    assert!(
+        reason("/cbc-flipped").contains("not a Kubernetes"),
+        "{reasons:?}"
+    );
     // gcm-a,b,c, gcm-old, cbc, box, box-json
     assert_eq!(s["verified"], 7, "{s:#}");
     assert_eq!(s["not_verifiable"], 1);
-    assert_eq!(s["counts"], json!({"plaintext": 2, "stale": 5, "undecryptable": 5}));
+    assert_eq!(
+        s["counts"],
+        json!({"plaintext": 2, "stale": 5, "undecryptable": 5})
+    );
     let found = ids(&r);
     for id in [
         "plaintext-values",
@@ -201,7 +236,10 @@ async fn every_format_is_classified_counted_and_proven() {
         "aescbc-not-recommended",
         "aesgcm-needs-rotation",
     ] {
-        assert!(found.contains(&id.to_string()), "{id} missing from {found:?}");
+        assert!(
+            found.contains(&id.to_string()),
+            "{id} missing from {found:?}"
+        );
     }
     let text = r.to_string();
     for secret in [GCM1, GCM2, CBC1, BOX1] {
@@ -222,7 +260,10 @@ async fn every_format_is_classified_counted_and_proven() {
     // The human report names the problems too.
     let (code, out, _) = verify(&etcd, &config, &[]);
     assert_eq!(code, 1);
-    assert!(out.contains("undecryptable: /registry/secrets/ns/moved"), "{out}");
+    assert!(
+        out.contains("undecryptable: /registry/secrets/ns/moved"),
+        "{out}"
+    );
     assert!(out.contains("result: PROBLEMS FOUND"), "{out}");
 
     // Lists are bounded; counts stay exact.
@@ -244,7 +285,15 @@ async fn clean_store_exits_zero_and_sampling_opens_n() {
         ),
     );
     let reqs: Vec<Value> = (0..40)
-        .map(|i| secret(&format!("ns{}", i % 3), &format!("s{i}"), "secretbox", "box1", BOX1))
+        .map(|i| {
+            secret(
+                &format!("ns{}", i % 3),
+                &format!("s{i}"),
+                "secretbox",
+                "box1",
+                BOX1,
+            )
+        })
         .collect();
     let kvs = reqs
         .iter()
@@ -278,7 +327,10 @@ async fn clean_store_exits_zero_and_sampling_opens_n() {
     let (code, r) = verify_json(&etcd, &config, &["--resource", "configmaps"]);
     assert_eq!(r["scan"]["prefix"], "/registry/configmaps/");
     assert_eq!(r["scan"]["total"], 0);
-    assert!(ids(&r).contains(&"resource-not-encrypted".to_string()), "{r:#}");
+    assert!(
+        ids(&r).contains(&"resource-not-encrypted".to_string()),
+        "{r:#}"
+    );
     assert_eq!(code, 0, "a warning alone does not fail the check");
 
     // A configuration whose write provider is identity: secrets-not-encrypted
@@ -323,9 +375,18 @@ async fn no_identity_fallback_with_plaintext_is_an_error() {
     let (code, r) = verify_json(&etcd, &config, &["--max-key-age", "90d"]);
     assert_eq!(code, 1);
     let found = ids(&r);
-    assert!(found.contains(&"no-identity-fallback".to_string()), "{found:?}");
-    assert!(found.contains(&"write-key-age-unknown".to_string()), "{found:?}");
-    assert!(!found.contains(&"aesgcm-needs-rotation".to_string()), "{found:?}");
+    assert!(
+        found.contains(&"no-identity-fallback".to_string()),
+        "{found:?}"
+    );
+    assert!(
+        found.contains(&"write-key-age-unknown".to_string()),
+        "{found:?}"
+    );
+    assert!(
+        !found.contains(&"aesgcm-needs-rotation".to_string()),
+        "{found:?}"
+    );
 }
 
 #[tokio::test]
@@ -366,7 +427,14 @@ async fn tls_etcd_with_client_certificates() {
     let (code, _, err) = verify(
         &etcd,
         &config,
-        &["--cacert", "/nonexistent/ca.crt", "--cert", tls_refs[3], "--key", tls_refs[5]],
+        &[
+            "--cacert",
+            "/nonexistent/ca.crt",
+            "--cert",
+            tls_refs[3],
+            "--key",
+            tls_refs[5],
+        ],
     );
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("/nonexistent/ca.crt"), "{err}");
@@ -377,41 +445,130 @@ fn invalid_configs_exit_2_naming_path_and_line() {
     let dir = tempfile::tempdir().unwrap();
     let good = full_config();
     let cases = [
-        (good.replace(GCM2, "A==="), "resources[0].providers[0].aesgcm.keys[1].secret", 12),
-        (good.replace(GCM2, "AgIC"), "resources[0].providers[0].aesgcm.keys[1].secret", 12),
-        (good.replace(&format!("secret: {BOX1}"), &format!("secret: {GCM2}")), "resources[0].providers[2].secretbox.keys[0].secret", 20),
-        (good.replace("name: cbc1", "name: ''"), "resources[0].providers[1].aescbc.keys[0].name", 15),
-        (good.replace("unix:///var/run/kms.sock", "https://kms"), "resources[0].providers[3].kms.endpoint", 24),
-        (good.replace("apiVersion: v2", "apiVersion: v2\n          cachesize: 5"), "resources[0].providers[3].kms.cachesize", 23),
-        (good.replace("name: vault", "name: 'a:b'"), "resources[0].providers[3].kms.name", 23),
-        (good.replace("      - secrets\n", "      - Secrets\n"), "resources[0].resources[0]", 5),
-        (good.replace("      - secrets\n", "      - '*'\n"), "resources[0].resources[0]", 5),
-        (good.replace("      - identity: {}\n", "      - identity: {}\n        aesgcm: {keys: []}\n"), "resources[0].providers[4]", 25),
-        (good.replace("          keys:\n            - name: box1", "          colour: red\n          keys:\n            - name: box1"), "resources[0].providers[2].secretbox.colour", 18),
-        (format!("{}  - resources: [secrets]\n    providers: [{{identity: {{}}}}]\n", good.replace("      - secrets\n", "      - '*.'\n")), "resources[1].resources[0]", 26),
-        (format!("{good}  - resources: [configmaps]\n    providers: []\n"), "resources[1].providers", 27),
-        (good.replace("kind: EncryptionConfiguration", "kind: Secret"), "kind", 2),
-        (good.replace("      - aesgcm:\n", "      - aesgcm:\n      - aesgcm:\n"), "resources[0].providers[0]", 7),
-        (good.replace("      - secrets\n", "      - [secrets\n"), "(syntax)", 6),
+        (
+            good.replace(GCM2, "A==="),
+            "resources[0].providers[0].aesgcm.keys[1].secret",
+            12,
+        ),
+        (
+            good.replace(GCM2, "AgIC"),
+            "resources[0].providers[0].aesgcm.keys[1].secret",
+            12,
+        ),
+        (
+            good.replace(&format!("secret: {BOX1}"), &format!("secret: {GCM2}")),
+            "resources[0].providers[2].secretbox.keys[0].secret",
+            20,
+        ),
+        (
+            good.replace("name: cbc1", "name: ''"),
+            "resources[0].providers[1].aescbc.keys[0].name",
+            15,
+        ),
+        (
+            good.replace("unix:///var/run/kms.sock", "https://kms"),
+            "resources[0].providers[3].kms.endpoint",
+            24,
+        ),
+        (
+            good.replace("apiVersion: v2", "apiVersion: v2\n          cachesize: 5"),
+            "resources[0].providers[3].kms.cachesize",
+            23,
+        ),
+        (
+            good.replace("name: vault", "name: 'a:b'"),
+            "resources[0].providers[3].kms.name",
+            23,
+        ),
+        (
+            good.replace("      - secrets\n", "      - Secrets\n"),
+            "resources[0].resources[0]",
+            5,
+        ),
+        (
+            good.replace("      - secrets\n", "      - '*'\n"),
+            "resources[0].resources[0]",
+            5,
+        ),
+        (
+            good.replace(
+                "      - identity: {}\n",
+                "      - identity: {}\n        aesgcm: {keys: []}\n",
+            ),
+            "resources[0].providers[4]",
+            25,
+        ),
+        (
+            good.replace(
+                "          keys:\n            - name: box1",
+                "          colour: red\n          keys:\n            - name: box1",
+            ),
+            "resources[0].providers[2].secretbox.colour",
+            18,
+        ),
+        (
+            format!(
+                "{}  - resources: [secrets]\n    providers: [{{identity: {{}}}}]\n",
+                good.replace("      - secrets\n", "      - '*.'\n")
+            ),
+            "resources[1].resources[0]",
+            26,
+        ),
+        (
+            format!("{good}  - resources: [configmaps]\n    providers: []\n"),
+            "resources[1].providers",
+            27,
+        ),
+        (
+            good.replace("kind: EncryptionConfiguration", "kind: Secret"),
+            "kind",
+            2,
+        ),
+        (
+            good.replace("      - aesgcm:\n", "      - aesgcm:\n      - aesgcm:\n"),
+            "resources[0].providers[0]",
+            7,
+        ),
+        (
+            good.replace("      - secrets\n", "      - [secrets\n"),
+            "(syntax)",
+            6,
+        ),
     ];
     for (i, (text, path, line)) in cases.iter().enumerate() {
         let file = write(dir.path(), &format!("bad{i}.yaml"), text);
         let mut cmd = rekey();
-        cmd.args(["etcd", "verify", "--endpoints", "http://127.0.0.1:1", "--encryption-config"])
-            .arg(&file);
+        cmd.args([
+            "etcd",
+            "verify",
+            "--endpoints",
+            "http://127.0.0.1:1",
+            "--encryption-config",
+        ])
+        .arg(&file);
         let (code, _, err) = outcome(&run(&mut cmd));
         assert_eq!(code, 2, "case {i}: {err}");
         assert!(
             err.contains(&format!("{path}: ")) && err.contains(&format!("(line {line})")),
             "case {i}: expected `{path}` at line {line} in:\n{err}"
         );
-        assert!(!err.contains(GCM1) && !err.contains(BOX1), "key material in the error");
+        assert!(
+            !err.contains(GCM1) && !err.contains(BOX1),
+            "key material in the error"
+        );
     }
     // --json also prints the report with valid: false and the errors as findings.
     let file = write(dir.path(), "bad-json.yaml", &good.replace(GCM2, "A==="));
     let mut cmd = rekey();
-    cmd.args(["etcd", "verify", "--json", "--endpoints", "http://127.0.0.1:1", "--encryption-config"])
-        .arg(&file);
+    cmd.args([
+        "etcd",
+        "verify",
+        "--json",
+        "--endpoints",
+        "http://127.0.0.1:1",
+        "--encryption-config",
+    ])
+    .arg(&file);
     let (code, out, _) = outcome(&run(&mut cmd));
     assert_eq!(code, 2);
     let r: Value = serde_json::from_str(&out).unwrap();
@@ -424,9 +581,30 @@ fn invalid_configs_exit_2_naming_path_and_line() {
     for args in [
         vec!["etcd", "verify", "--encryption-config", "/nonexistent.yaml"],
         vec!["etcd", "verify"],
-        vec!["etcd", "verify", "--encryption-config", "/x", "--endpoints", "10.0.0.1:2379"],
-        vec!["etcd", "verify", "--encryption-config", "/x", "--sample", "many"],
-        vec!["etcd", "verify", "--encryption-config", "/x", "--max-key-age", "soon"],
+        vec![
+            "etcd",
+            "verify",
+            "--encryption-config",
+            "/x",
+            "--endpoints",
+            "10.0.0.1:2379",
+        ],
+        vec![
+            "etcd",
+            "verify",
+            "--encryption-config",
+            "/x",
+            "--sample",
+            "many",
+        ],
+        vec![
+            "etcd",
+            "verify",
+            "--encryption-config",
+            "/x",
+            "--max-key-age",
+            "soon",
+        ],
     ] {
         let (code, _, err) = outcome(&run(rekey().args(&args)));
         assert_eq!(code, 2, "{args:?}: {err}");

@@ -113,6 +113,29 @@ pub async fn run_scheduled(
 mod tests {
     use super::*;
 
+    fn assert_send<T: Send>(_: &T) {}
+
+    #[tokio::test]
+    async fn futures_can_be_spawned() {
+        let store = Store::from_pool(
+            sqlx::postgres::PgPoolOptions::new()
+                .connect_lazy("postgres://nobody@127.0.0.1:1/x")
+                .unwrap(),
+        );
+        let opts = VerifyOptions::from_config(&EtcdConfig {
+            encryption_config: Some("/x".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_send(&run_once(&store, &opts));
+        assert_send(&run_scheduled(
+            store.clone(),
+            EtcdConfig::default(),
+            CancellationToken::new(),
+        ));
+        assert_send(&verify_and_record(&opts, Some(&store), Trigger::Api));
+    }
+
     #[test]
     fn next_fire_follows_cron() {
         let s = crate::config::parse_cron("0 */15 * * * *").unwrap();

@@ -274,7 +274,9 @@ pub async fn scan(
         }
     });
 
-    let mut sampler = Sampler::new(opts.sample, count, rand::rng());
+    // StdRng (not thread_rng) keeps the future Send for spawned checks.
+    let rng = <rand::rngs::StdRng as rand::SeedableRng>::from_os_rng();
+    let mut sampler = Sampler::new(opts.sample, count, rng);
     let mut tally = Tally::new(&opts.prefix, &opts.resource, opts.max_listed);
     let mut failure = None;
     while let Some(page) = rx.recv().await {

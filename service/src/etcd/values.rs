@@ -374,7 +374,7 @@ fn opener(t: &Transformer<'_>) -> Opener {
 fn structure(opener: &Opener, len: usize) -> Result<(), OpenError> {
     match opener {
         Opener::Aescbc(_) if len < 32 => Err(OpenError::TooShort(len, "aescbc (IV + one block)")),
-        Opener::Aescbc(_) if len % 16 != 0 => Err(OpenError::Padding),
+        Opener::Aescbc(_) if !len.is_multiple_of(16) => Err(OpenError::Padding),
         Opener::Aesgcm(_) if len < 28 => Err(OpenError::TooShort(len, "aesgcm (nonce + tag)")),
         Opener::Secretbox(_) if len < 40 => {
             Err(OpenError::TooShort(len, "secretbox (nonce + tag)"))
