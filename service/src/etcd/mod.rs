@@ -58,7 +58,8 @@ pub struct EtcdConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prefix: Option<String>,
     /// Resource whose rules apply to the scanned values, e.g. `secrets` or
-    /// `deployments.apps` (default: the prefix's last path segment).
+    /// `deployments.apps` (default: inferred from the prefix, e.g. `secrets`
+    /// for `/registry/secrets/...`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resource: Option<String>,
     /// Cron schedule of the check in `rekey serve` (`sec min hour dom mon dow`).

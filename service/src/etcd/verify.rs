@@ -34,7 +34,7 @@ pub struct VerifyOptions {
     pub etcd: EtcdConfig,
     /// Key prefix scanned, e.g. `/registry/secrets/`.
     pub prefix: String,
-    /// Resource whose rules apply (default: the prefix's last segment).
+    /// Resource whose rules apply (default: inferred from the prefix).
     pub resource: Option<String>,
     /// Open only this many values (None: all; 0: classification only).
     pub sample: Option<u64>,
@@ -62,17 +62,21 @@ impl VerifyOptions {
         })
     }
 
-    /// The resource: given, or the prefix's last path segment.
+    /// The resource: given, or inferred from the prefix: the segment after
+    /// `/registry/` (`/registry/secrets/kube-system/` is `secrets`), else a
+    /// `secrets` segment, else the last segment. `--resource` is exact.
     pub fn resource_name(&self) -> String {
-        self.resource.clone().unwrap_or_else(|| {
-            self.prefix
-                .trim_end_matches('/')
-                .rsplit('/')
-                .next()
-                .filter(|s| !s.is_empty())
-                .unwrap_or("secrets")
-                .to_string()
-        })
+        if let Some(r) = &self.resource {
+            return r.clone();
+        }
+        let segments: Vec<&str> = self.prefix.split('/').filter(|s| !s.is_empty()).collect();
+        let inferred = match segments.as_slice() {
+            ["registry", resource, ..] => Some(*resource),
+            _ if segments.contains(&"secrets") => Some("secrets"),
+            [.., last] => Some(*last),
+            [] => None,
+        };
+        inferred.unwrap_or("secrets").to_string()
     }
 }
 
