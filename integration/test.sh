@@ -17,6 +17,7 @@ command -v etcd >/dev/null || need_apt+=(etcd-server)
 command -v etcdctl >/dev/null || need_apt+=(etcd-client)
 command -v age >/dev/null || need_apt+=(age)
 command -v openssl >/dev/null || need_apt+=(openssl)
+[ -x /usr/bin/time ] || need_apt+=(time)   # etcd memory test and benchmark: peak RSS
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_apt+=(postgresql)
 if [ ${#need_apt[@]} -gt 0 ]; then
   log "installing ${need_apt[*]}"

@@ -119,7 +119,9 @@ pub fn plan(
     let new_key = NewKey {
         provider,
         name: new_name.to_string(),
-        secret_b64: base64::engine::general_purpose::STANDARD.encode(new_secret.expose_secret()),
+        secret_b64: zeroize::Zeroizing::new(
+            base64::engine::general_purpose::STANDARD.encode(new_secret.expose_secret()),
+        ),
         created: now,
     };
     let render = |step: Step| render(config, write_rule, keyed, &new_key, step);
@@ -154,7 +156,7 @@ pub fn plan(
 struct NewKey {
     provider: ProviderKind,
     name: String,
-    secret_b64: String,
+    secret_b64: zeroize::Zeroizing<String>,
     created: DateTime<Utc>,
 }
 

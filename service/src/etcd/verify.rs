@@ -80,6 +80,50 @@ impl VerifyOptions {
     }
 }
 
+/// The body of `POST /v1/etcd/verify`: overrides of the `[etcd]` defaults
+/// for one check (all optional; unknown fields are refused).
+#[derive(Debug, Clone, Default, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct VerifyRequest {
+    /// Key prefix to scan.
+    pub prefix: Option<String>,
+    /// Resource whose rules apply.
+    pub resource: Option<String>,
+    /// Open only this many values (0: classify only).
+    pub sample: Option<u64>,
+    /// Keys listed per category.
+    pub max_listed: Option<usize>,
+}
+
+impl VerifyRequest {
+    /// Applies the request to options built from the config; errors name
+    /// the bad field (for a 400).
+    pub fn apply(&self, mut opts: VerifyOptions) -> Result<VerifyOptions, (String, String)> {
+        if let Some(r) = &self.resource {
+            if r.is_empty() || r.chars().any(|c| c.is_uppercase() || c.is_whitespace()) {
+                return Err(("resource".into(), format!("`{r}` is not a resource name")));
+            }
+            opts.resource = Some(r.clone());
+            if self.prefix.is_none() {
+                opts.prefix = format!("/registry/{}/", GroupResource::parse(r).resource);
+            }
+        }
+        if let Some(p) = &self.prefix {
+            if !p.starts_with('/') {
+                return Err(("prefix".into(), format!("`{p}` must start with `/`")));
+            }
+            opts.prefix = p.clone();
+        }
+        if let Some(n) = self.sample {
+            opts.sample = Some(n);
+        }
+        if let Some(n) = self.max_listed {
+            opts.max_listed = n;
+        }
+        Ok(opts)
+    }
+}
+
 /// Why a verification could not run (a report with findings is not an error).
 #[derive(Debug, thiserror::Error)]
 pub enum VerifyError {
@@ -226,4 +270,32 @@ pub async fn verify_and_record(
         None => None,
     };
     Ok((report, id))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_override_config() {
+        let base = VerifyOptions::from_config(&EtcdConfig {
+            encryption_config: Some("/e.yaml".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(base.prefix, "/registry/secrets/");
+        let req: VerifyRequest =
+            serde_json::from_str(r#"{"resource": "configmaps", "sample": 5}"#).unwrap();
+        let o = req.apply(base.clone()).unwrap();
+        assert_eq!(
+            (o.prefix.as_str(), o.resource_name().as_str(), o.sample),
+            ("/registry/configmaps/", "configmaps", Some(5))
+        );
+        let bad = VerifyRequest {
+            prefix: Some("x".into()),
+            ..Default::default()
+        };
+        assert_eq!(bad.apply(base.clone()).unwrap_err().0, "prefix");
+        assert!(serde_json::from_str::<VerifyRequest>(r#"{"colour": 1}"#).is_err());
+    }
 }
