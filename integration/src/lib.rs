@@ -10,3 +10,4 @@ pub mod bin;
 pub mod etcd;
 pub mod k8s_values;
 pub mod pg;
+pub mod serve;
