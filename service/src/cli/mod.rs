@@ -4,7 +4,7 @@
 //! failed, 2 bad usage or bad input (see [`crate::error`]).
 
 mod ca;
-mod db;
+pub(crate) mod db;
 mod status;
 
 use std::{path::PathBuf, process::ExitCode};
@@ -48,7 +48,7 @@ enum Command {
     Etcd(EtcdCommand),
     /// Encrypted etcd backups.
     #[command(subcommand)]
-    Backup(BackupCommand),
+    Backup(crate::backup::cli::BackupCommand),
     /// Apply database migrations.
     Migrate(db::DbArgs),
 }
@@ -99,12 +99,6 @@ enum EtcdCommand {
     },
 }
 
-#[derive(Debug, Subcommand)]
-enum BackupCommand {
-    /// Snapshot etcd, encrypt and upload.
-    Run,
-}
-
 /// Entry point of the binary: parses arguments, runs, maps errors to exit codes.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -138,7 +132,8 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Status(args) => status::run(args).await,
         Command::Ca(cmd) => ca::run(cmd),
         Command::Migrate(args) => db::migrate(args).await,
-        Command::Rotate(_) | Command::Token(_) | Command::Etcd(_) | Command::Backup(_) => {
+        Command::Backup(cmd) => crate::backup::cli::run(cmd).await,
+        Command::Rotate(_) | Command::Token(_) | Command::Etcd(_) => {
             anyhow::bail!("this command is not available in this build yet")
         }
     }
