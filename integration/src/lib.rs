@@ -9,3 +9,4 @@
 pub mod bin;
 pub mod etcd;
 pub mod pg;
+pub mod s3;
