@@ -257,8 +257,6 @@ pub async fn run_backup(
     let started = Instant::now();
     let kek = kek::Kek::load(&backup.kek_file)?;
     let destination = location::Destination::parse(&backup.destination, &backup.s3())?;
-    destination.prepare().await?;
-    let snap = snapshot::open_etcd(etcd).await?;
     let id = Uuid::new_v4();
     let target = destination.object(&object_name(Utc::now(), id));
     let row = records::insert_running(
@@ -269,17 +267,22 @@ pub async fn run_backup(
             requested_by: opts.requested_by.clone(),
             kek_id: kek.id().to_string(),
             chunk_size: backup.chunk_size_u32() as i32,
-            etcd_revision: Some(snap.revision),
         },
     )
     .await?;
-    if let Some(n) = snap.size_hint {
-        opts.progress.set_length(n);
+    let result = async {
+        destination.prepare().await?;
+        let snap = snapshot::open_etcd(etcd).await?;
+        if let Some(n) = snap.size_hint {
+            opts.progress.set_length(n);
+        }
+        let enc = upload(snap.reader, &target, &kek, backup, id, &opts.progress).await?;
+        Ok::<_, BackupError>((enc, snap.revision))
     }
-    let result = upload(snap.reader, &target, &kek, backup, id, &opts.progress).await;
+    .await;
     let elapsed = started.elapsed().as_secs_f64();
     match result {
-        Ok(enc) => {
+        Ok((enc, revision)) => {
             let record = records::mark_completed(
                 store,
                 id,
@@ -287,6 +290,7 @@ pub async fn run_backup(
                     size_bytes: enc.ciphertext_bytes as i64,
                     sha256: enc.sha256.clone().unwrap_or_default(),
                     plaintext_bytes: enc.plaintext_bytes as i64,
+                    etcd_revision: revision,
                 },
             )
             .await?;

@@ -58,8 +58,6 @@ pub struct NewBackup {
     pub kek_id: String,
     /// Chunk size.
     pub chunk_size: i32,
-    /// etcd's revision.
-    pub etcd_revision: Option<i64>,
 }
 
 /// What a finished backup produced.
@@ -71,22 +69,23 @@ pub struct Finished {
     pub sha256: String,
     /// Plaintext bytes.
     pub plaintext_bytes: i64,
+    /// etcd's revision when the snapshot was taken.
+    pub etcd_revision: i64,
 }
 
 /// Records a backup as `running`.
 pub async fn insert_running(store: &Store, b: &NewBackup) -> Result<BackupRecord, StoreError> {
     Ok(
         sqlx::query_as::<_, BackupRecord>(sqlx::AssertSqlSafe(format!(
-        "INSERT INTO backups (id, location, status, requested_by, kek_id, chunk_size, etcd_revision)
-         VALUES ($1, $2, 'running', $3, $4, $5, $6)
+            "INSERT INTO backups (id, location, status, requested_by, kek_id, chunk_size)
+         VALUES ($1, $2, 'running', $3, $4, $5)
          RETURNING {COLUMNS}"
-    )))
+        )))
         .bind(b.id)
         .bind(&b.location)
         .bind(&b.requested_by)
         .bind(&b.kek_id)
         .bind(b.chunk_size)
-        .bind(b.etcd_revision)
         .fetch_one(store.pool())
         .await?,
     )
@@ -101,13 +100,14 @@ pub async fn mark_completed(
     Ok(
         sqlx::query_as::<_, BackupRecord>(sqlx::AssertSqlSafe(format!(
             "UPDATE backups SET status = 'completed', finished_at = now(),
-                size_bytes = $2, sha256 = $3, plaintext_bytes = $4
+                size_bytes = $2, sha256 = $3, plaintext_bytes = $4, etcd_revision = $5
          WHERE id = $1 RETURNING {COLUMNS}"
         )))
         .bind(id)
         .bind(f.size_bytes)
         .bind(&f.sha256)
         .bind(f.plaintext_bytes)
+        .bind(f.etcd_revision)
         .fetch_one(store.pool())
         .await?,
     )
