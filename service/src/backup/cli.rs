@@ -153,7 +153,9 @@ pub struct ListArgs {
 pub struct PruneArgs {
     #[command(flatten)]
     db: DbArgs,
-    /// Keep the newest N completed backups (default: `backup.keep`).
+    /// Keep the newest N completed backups (default, when neither flag is
+    /// given: `backup.keep`). With both flags, a backup is deleted only when
+    /// both allow it.
     #[arg(long)]
     keep: Option<u32>,
     /// Delete completed backups older than this (e.g. `30d`).
@@ -676,11 +678,17 @@ struct PruneReport {
 
 async fn prune_cmd(a: PruneArgs) -> anyhow::Result<ExitCode> {
     let config = a.db.load_config()?;
-    let retention = Retention {
-        keep: a
-            .keep
-            .or_else(|| backup_section(&config).and_then(|b| b.keep)),
-        older_than: a.older_than.map(HumanDuration::chrono),
+    // Flags replace the configured `keep`; without flags, `backup.keep` applies.
+    let retention = if a.keep.is_some() || a.older_than.is_some() {
+        Retention {
+            keep: a.keep,
+            older_than: a.older_than.map(HumanDuration::chrono),
+        }
+    } else {
+        Retention {
+            keep: backup_section(&config).and_then(|b| b.keep),
+            older_than: None,
+        }
     };
     if retention.keep.is_none() && retention.older_than.is_none() {
         return Err(BadInput::msg(
