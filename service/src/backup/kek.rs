@@ -180,11 +180,11 @@ fn kek_id(key: &[u8; KEK_LEN]) -> KekId {
 fn warn_if_readable_by_others(path: &Path) {
     use std::os::unix::fs::PermissionsExt;
     if let Ok(meta) = std::fs::metadata(path)
-        && meta.permissions().mode() & 0o077 != 0
+        && meta.permissions().mode() & 0o007 != 0
     {
         tracing::warn!(
             file = %path.display(),
-            "the KEK file is readable by group or others; restrict it to its owner (chmod 600)"
+            "the KEK file is accessible to every user; restrict it (chmod 600, or 440 for a group)"
         );
     }
 }
