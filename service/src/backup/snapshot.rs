@@ -8,17 +8,10 @@
 //! and value; the revision is the main revision of the last key of the `key`
 //! bucket — so both tools report the same hash, revision and key count.
 
-use std::{
-    fs::File,
-    os::unix::fs::FileExt,
-    path::Path,
-    sync::{Arc, Mutex},
-};
+use std::{fs::File, os::unix::fs::FileExt, path::Path};
 
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
-use tokio::io::AsyncRead;
-
 use crate::etcd::{EtcdConfig, client::ConnectError};
 
 use super::stream::Source;
@@ -162,37 +155,6 @@ pub async fn open_etcd(config: &EtcdConfig) -> Result<EtcdSnapshot, SnapshotErro
         member_id,
         size_hint,
     })
-}
-
-/// Wraps a source so that the bytes read through it are counted (shared counter).
-pub fn counted(inner: Source) -> (Source, Arc<Mutex<u64>>) {
-    struct Counted {
-        inner: Source,
-        count: Arc<Mutex<u64>>,
-    }
-    impl AsyncRead for Counted {
-        fn poll_read(
-            mut self: std::pin::Pin<&mut Self>,
-            cx: &mut std::task::Context<'_>,
-            buf: &mut tokio::io::ReadBuf<'_>,
-        ) -> std::task::Poll<std::io::Result<()>> {
-            let before = buf.filled().len();
-            let r = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
-            let n = (buf.filled().len() - before) as u64;
-            if let Ok(mut c) = self.count.lock() {
-                *c += n;
-            }
-            r
-        }
-    }
-    let count = Arc::new(Mutex::new(0));
-    (
-        Box::new(Counted {
-            inner,
-            count: Arc::clone(&count),
-        }),
-        count,
-    )
 }
 
 /// What `backup verify` reports about a snapshot (the fields of `etcdctl snapshot status`).
