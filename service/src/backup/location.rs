@@ -292,15 +292,13 @@ impl Target {
         match self {
             Self::Stdio => Ok((Box::new(tokio::io::stdin()), None)),
             Self::File(p) => {
-                let f = tokio::fs::File::open(p)
-                    .await
-                    .map_err(|e| LocationError::io(p, e))?;
-                let meta = f.metadata().await.map_err(|e| LocationError::io(p, e))?;
+                let f = std::fs::File::open(p).map_err(|e| LocationError::io(p, e))?;
+                let meta = f.metadata().map_err(|e| LocationError::io(p, e))?;
                 if meta.is_dir() {
                     return Err(invalid(&p.display().to_string(), "is a directory"));
                 }
                 let size = meta.is_file().then_some(meta.len());
-                Ok((Box::new(f), size))
+                Ok((Box::new(LocalFile::new(f)), size))
             }
             Self::Object { store, path, url } => {
                 let got = store
@@ -309,9 +307,7 @@ impl Target {
                     .map_err(|e| LocationError::store(url, e))?;
                 let size = got.meta.size;
                 let source: Source = match got.payload {
-                    object_store::GetResultPayload::File(file, _) => {
-                        Box::new(tokio::fs::File::from_std(file))
-                    }
+                    object_store::GetResultPayload::File(file, _) => Box::new(LocalFile::new(file)),
                     object_store::GetResultPayload::Stream(s) => {
                         let url = url.clone();
                         Box::new(tokio_util::io::StreamReader::new(
@@ -354,16 +350,75 @@ impl Target {
     }
 }
 
+/// Runs blocking file I/O: in place on a multi-thread runtime (the scheduler
+/// moves other tasks away), directly elsewhere.
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
+    }
+}
+
+/// A local file read and written with blocking calls straight into and out of
+/// the caller's buffers: no intermediate copy, unlike `tokio::fs::File`
+/// (which matters at several GB/s).
+pub struct LocalFile(std::fs::File);
+
+impl LocalFile {
+    /// Wraps an open file.
+    pub fn new(file: std::fs::File) -> Self {
+        Self(file)
+    }
+}
+
+impl tokio::io::AsyncRead for LocalFile {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let dst = buf.initialize_unfilled();
+        let r = blocking(|| std::io::Read::read(&mut self.0, dst));
+        std::task::Poll::Ready(r.map(|n| buf.advance(n)))
+    }
+}
+
+impl AsyncWrite for LocalFile {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::task::Poll::Ready(blocking(|| std::io::Write::write(&mut self.0, buf)))
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
 /// An object being written.
 pub enum Writer {
     /// Standard output.
     Stdout(tokio::io::Stdout),
     /// A device or pipe (e.g. `/dev/null`), written in place.
-    Direct(tokio::fs::File),
+    Direct(LocalFile),
     /// A regular file, written under a temporary name in its directory.
     Temp {
         /// The open temporary file.
-        file: tokio::fs::File,
+        file: LocalFile,
         /// Its handle (removes it when dropped unless persisted).
         temp: tempfile::TempPath,
         /// The final name.
@@ -385,12 +440,11 @@ impl Writer {
                 return Err(invalid(&path.display().to_string(), "is a directory"));
             }
             if !meta.is_file() {
-                let f = tokio::fs::OpenOptions::new()
+                let f = std::fs::OpenOptions::new()
                     .write(true)
                     .open(path)
-                    .await
                     .map_err(|e| LocationError::io(path, e))?;
-                return Ok(Self::Direct(f));
+                return Ok(Self::Direct(LocalFile::new(f)));
             }
         }
         let dir = match path.parent() {
@@ -414,7 +468,7 @@ impl Writer {
         .map_err(|e| LocationError::io(&dir, e))?;
         let (file, temp) = temp.into_parts();
         Ok(Self::Temp {
-            file: tokio::fs::File::from_std(file),
+            file: LocalFile::new(file),
             temp,
             path: path.to_path_buf(),
         })
@@ -437,22 +491,12 @@ impl Writer {
                 .flush()
                 .await
                 .map_err(|e| LocationError::io(Path::new("(standard output)"), e)),
-            Self::Direct(mut f) => f
-                .flush()
-                .await
-                .map_err(|e| LocationError::io(Path::new("(output)"), e)),
-            Self::Temp {
-                mut file,
-                temp,
-                path,
-            } => {
-                file.flush()
+            Self::Direct(_) => Ok(()),
+            Self::Temp { file, temp, path } => {
+                let synced = tokio::task::spawn_blocking(move || file.0.sync_all())
                     .await
-                    .map_err(|e| LocationError::io(&path, e))?;
-                file.sync_all()
-                    .await
-                    .map_err(|e| LocationError::io(&path, e))?;
-                drop(file);
+                    .map_err(|e| LocationError::io(&path, std::io::Error::other(e)))?;
+                synced.map_err(|e| LocationError::io(&path, e))?;
                 let p = path.clone();
                 tokio::task::spawn_blocking(move || {
                     temp.persist(&p).map_err(|e| e.error)?;

@@ -10,9 +10,9 @@
 
 use std::{fs::File, os::unix::fs::FileExt, path::Path};
 
+use crate::etcd::{EtcdConfig, client::ConnectError};
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
-use crate::etcd::{EtcdConfig, client::ConnectError};
 
 use super::stream::Source;
 

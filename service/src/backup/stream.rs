@@ -35,6 +35,36 @@ use super::{
 /// Chunks in flight between the reader and the writer (each at most one chunk size).
 const DEPTH: usize = 4;
 
+/// Recycled chunk buffers: a stream at several GB/s must not allocate and
+/// zero a fresh megabyte per chunk.
+#[derive(Clone, Default)]
+struct Pool(Arc<std::sync::Mutex<Vec<Vec<u8>>>>);
+
+impl Pool {
+    /// Buffers kept for reuse (a few more than can be in flight).
+    const KEEP: usize = 2 * DEPTH + 4;
+
+    /// A buffer of exactly `len` bytes (contents unspecified).
+    fn take(&self, len: usize) -> Vec<u8> {
+        let mut v = self
+            .0
+            .lock()
+            .ok()
+            .and_then(|mut p| p.pop())
+            .unwrap_or_default();
+        v.resize(len, 0);
+        v
+    }
+
+    fn give(&self, v: Vec<u8>) {
+        if let Ok(mut p) = self.0.lock()
+            && p.len() < Self::KEEP
+        {
+            p.push(v);
+        }
+    }
+}
+
 /// A byte source: a file, standard input, an object download, an etcd snapshot.
 pub type Source = Box<dyn AsyncRead + Send + Unpin>;
 
@@ -149,7 +179,14 @@ where
         h.update(head);
     }
     let (tx, mut rx) = mpsc::channel::<JoinHandle<Vec<u8>>>(DEPTH);
-    let reader = tokio::spawn(encrypt_reader(input, cipher, tx, progress.clone()));
+    let pool = Pool::default();
+    let reader = tokio::spawn(encrypt_reader(
+        input,
+        cipher,
+        tx,
+        progress.clone(),
+        pool.clone(),
+    ));
     let mut written = HEADER_LEN as u64;
     let mut chunks = 0u64;
     let result = async {
@@ -161,6 +198,7 @@ where
             }
             written += record.len() as u64;
             chunks += 1;
+            pool.give(record);
         }
         out.flush().await.map_err(StreamError::Write)
     }
@@ -183,8 +221,12 @@ where
 
 /// Reads up to one chunk of plaintext into a record buffer
 /// (`[len][plaintext][tag]`, length field and tag still zero).
-async fn read_plain_record(input: &mut Source, chunk: usize) -> Result<Vec<u8>, StreamError> {
-    let mut rec = vec![0u8; chunk + CHUNK_OVERHEAD];
+async fn read_plain_record(
+    input: &mut Source,
+    chunk: usize,
+    pool: &Pool,
+) -> Result<Vec<u8>, StreamError> {
+    let mut rec = pool.take(chunk + CHUNK_OVERHEAD);
     let mut filled = 0;
     while filled < chunk {
         let n = input
@@ -205,11 +247,12 @@ async fn encrypt_reader(
     cipher: Arc<ChunkCipher>,
     tx: mpsc::Sender<JoinHandle<Vec<u8>>>,
     progress: ProgressBar,
+    pool: Pool,
 ) -> Result<u64, StreamError> {
     let chunk = cipher.chunk_size();
     let mut total = 0u64;
     let mut index: u32 = 0;
-    let mut current = read_plain_record(&mut input, chunk).await?;
+    let mut current = read_plain_record(&mut input, chunk, &pool).await?;
     loop {
         let n = current.len() - CHUNK_OVERHEAD;
         total += n as u64;
@@ -218,7 +261,7 @@ async fn encrypt_reader(
         let (last, next) = if n < chunk {
             (true, None)
         } else {
-            let next = read_plain_record(&mut input, chunk).await?;
+            let next = read_plain_record(&mut input, chunk, &pool).await?;
             if next.len() == CHUNK_OVERHEAD {
                 (true, None)
             } else {
@@ -331,7 +374,15 @@ where
         h.update(header.encode());
     }
     let (tx, mut rx) = mpsc::channel::<JoinHandle<Opening>>(DEPTH);
-    let reader = tokio::spawn(decrypt_reader(input, cipher, tx, progress.clone(), hasher));
+    let pools = (Pool::default(), Pool::default());
+    let reader = tokio::spawn(decrypt_reader(
+        input,
+        cipher,
+        tx,
+        progress.clone(),
+        hasher,
+        pools.clone(),
+    ));
     let mut plaintext_bytes = 0u64;
     let mut chunks = 0u64;
     let mut finished = false;
@@ -342,6 +393,7 @@ where
             plaintext_bytes += plain.len() as u64;
             chunks += 1;
             finished = opened == Opened::Last;
+            pools.1.give(plain);
         }
         out.flush().await.map_err(StreamError::Write)
     }
@@ -390,6 +442,7 @@ async fn decrypt_reader(
     tx: mpsc::Sender<JoinHandle<Opening>>,
     progress: ProgressBar,
     mut hasher: Option<Sha256>,
+    (records, plains): (Pool, Pool),
 ) -> Result<(u64, Option<String>), StreamError> {
     let chunk = cipher.chunk_size();
     let mut total = HEADER_LEN as u64;
@@ -416,7 +469,7 @@ async fn decrypt_reader(
             ))
             .into());
         }
-        let mut record = vec![0u8; len as usize + CHUNK_OVERHEAD];
+        let mut record = records.take(len as usize + CHUNK_OVERHEAD);
         record[..LEN_FIELD].copy_from_slice(&len.to_be_bytes());
         let got = read_full(&mut input, &mut record[LEN_FIELD..]).await?;
         if LEN_FIELD + got < record.len() {
@@ -436,10 +489,12 @@ async fn decrypt_reader(
         }
         let short = (len as usize) < chunk;
         let c = Arc::clone(&cipher);
+        let (records2, plains2) = (records.clone(), plains.clone());
         let job = tokio::task::spawn_blocking(move || {
-            let mut plain = vec![0u8; record.len() - CHUNK_OVERHEAD];
-            c.open(index, &record, after, &mut plain)
-                .map(|opened| (plain, opened))
+            let mut plain = plains2.take(record.len() - CHUNK_OVERHEAD);
+            let opened = c.open(index, &record, after, &mut plain);
+            records2.give(record);
+            opened.map(|opened| (plain, opened))
         });
         if tx.send(job).await.is_err() {
             return Ok((total, None));
