@@ -10,3 +10,4 @@ pub mod bin;
 pub mod etcd;
 pub mod pg;
 pub mod s3;
+pub mod serve;
