@@ -91,10 +91,10 @@ impl S3 {
     fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            if let Ok(status) = self.request("GET", "/moto-api/") {
-                if status < 500 {
-                    return;
-                }
+            if let Ok(status) = self.request("GET", "/moto-api/")
+                && status < 500
+            {
+                return;
             }
             assert!(
                 Instant::now() < deadline,

@@ -229,6 +229,9 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(x)
 }
 
+/// Called with `(element flags, key, value)` for every leaf element.
+type Visit<'a> = dyn FnMut(u32, &[u8], &[u8]) -> Result<(), SnapshotError> + 'a;
+
 /// A read-only view of a bbolt database file.
 struct Bolt {
     file: File,
@@ -272,7 +275,7 @@ fn parse_meta(page: &[u8]) -> Option<Meta> {
 
 impl Bolt {
     fn open(file: File, len: u64) -> Result<Self, SnapshotError> {
-        let mut first = vec![0u8; (PAGE_HEADER + 64) as usize];
+        let mut first = vec![0u8; PAGE_HEADER + 64];
         file.read_exact_at(&mut first, 0)?;
         let m0 = parse_meta(&first);
         let page_size = match &m0 {
@@ -341,12 +344,7 @@ impl Bolt {
     }
 
     /// Calls `f(flags, key, value)` for every leaf element under `page`, in key order.
-    fn walk(
-        &self,
-        page: &[u8],
-        depth: usize,
-        f: &mut dyn FnMut(u32, &[u8], &[u8]) -> Result<(), SnapshotError>,
-    ) -> Result<(), SnapshotError> {
+    fn walk(&self, page: &[u8], depth: usize, f: &mut Visit<'_>) -> Result<(), SnapshotError> {
         if depth > MAX_DEPTH {
             return Err(invalid("the B+tree is deeper than any real database"));
         }
@@ -389,7 +387,7 @@ impl Bolt {
         &self,
         value: &[u8],
         depth: usize,
-        f: &mut dyn FnMut(u32, &[u8], &[u8]) -> Result<(), SnapshotError>,
+        f: &mut Visit<'_>,
     ) -> Result<(), SnapshotError> {
         if value.len() < 16 {
             return Err(invalid("a bucket header is too short"));
