@@ -102,20 +102,12 @@ async fn make_due(f: &Fixture) {
 async fn crash_after_publish(f: &Fixture) -> i64 {
     make_due(f).await;
     let store = &f.db.store;
-    let claimed = store.claim_due("ghost", 10, 0.001).await.unwrap();
+    let claimed = store.claim_due("ghost", 10, 10.0).await.unwrap();
     assert_eq!(claimed.len(), 1);
     let c = &claimed[0];
-    let attempts = store
-        .open_attempts(
-            "ghost",
-            &[(c.id, c.lease_epoch, c.next_rotation_at, "expiry")],
-        )
-        .await
-        .unwrap();
-    let a = attempts[0];
     let cert = f.ca.issue(&f.spec, Utc::now()).unwrap();
     let facts = rekey::store::engine::VersionFacts {
-        version_id: a.version_id,
+        version_id: c.reserved_version,
         credential_id: c.id,
         fingerprint: cert.fingerprint.clone(),
         serial: Some(cert.serial.clone()),
@@ -123,12 +115,19 @@ async fn crash_after_publish(f: &Fixture) -> i64 {
         not_after: cert.not_after,
         details: serde_json::json!({}),
     };
-    // Lease of 10 s for recording, then it lapses as the replica "dies".
-    let owned = store
-        .record_issued("ghost", 10.0, &[(facts, c.lease_epoch)])
+    let opening = rekey::store::engine::Opening {
+        lease_epoch: c.lease_epoch,
+        due_at: c.next_rotation_at,
+        trigger: "expiry",
+        facts,
+    };
+    let attempts = store
+        .open_attempts("ghost", 10.0, &[opening])
         .await
         .unwrap();
-    assert_eq!(owned, vec![c.id]);
+    assert_eq!(attempts.len(), 1);
+    let a = attempts[0];
+    assert_eq!(a.version_id, c.reserved_version);
     let m = Material::Certificate {
         chain_pem: cert.cert_pem.clone(),
         key_pem: cert.key_pem,
@@ -331,10 +330,21 @@ async fn a_replica_that_lost_its_lease_cannot_commit() {
         .await
         .unwrap();
     assert!(committed.is_empty(), "a stale epoch must not commit");
-    let attempts = store
-        .open_attempts("slow", &[(stale.id, stale.lease_epoch, None, "expiry")])
-        .await
-        .unwrap();
+    let opening = rekey::store::engine::Opening {
+        lease_epoch: stale.lease_epoch,
+        due_at: None,
+        trigger: "expiry",
+        facts: rekey::store::engine::VersionFacts {
+            version_id: stale.reserved_version,
+            credential_id: stale.id,
+            fingerprint: "f".into(),
+            serial: None,
+            not_before: Utc::now(),
+            not_after: Utc::now() + TimeDelta::hours(1),
+            details: serde_json::json!({}),
+        },
+    };
+    let attempts = store.open_attempts("slow", 30.0, &[opening]).await.unwrap();
     assert!(attempts.is_empty(), "a stale epoch must not open attempts");
     assert_eq!(
         scalar_i64(&f, "SELECT current_version FROM credentials").await,
