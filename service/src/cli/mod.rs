@@ -56,7 +56,7 @@ enum Command {
     Etcd(crate::etcd::cli::EtcdCommand),
     /// Encrypted etcd backups.
     #[command(subcommand)]
-    Backup(BackupCommand),
+    Backup(crate::backup::cli::BackupCommand),
     /// Apply database migrations.
     Migrate(db::DbArgs),
 }
@@ -95,12 +95,6 @@ enum TokenCommand {
         /// Token id (the 6 characters before the dot).
         id: String,
     },
-}
-
-#[derive(Debug, Subcommand)]
-enum BackupCommand {
-    /// Snapshot etcd, encrypt and upload.
-    Run,
 }
 
 /// Entry point of the binary: parses arguments, runs, maps errors to exit codes.
@@ -144,7 +138,8 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Ca(cmd) => ca::run(cmd),
         Command::Migrate(args) => db::migrate(args).await,
         Command::Etcd(cmd) => crate::etcd::cli::run(cmd).await,
-        Command::Rotate(_) | Command::Token(_) | Command::Backup(_) => {
+        Command::Backup(cmd) => crate::backup::cli::run(cmd).await,
+        Command::Rotate(_) | Command::Token(_) => {
             anyhow::bail!("this command is not available in this build yet")
         }
     }

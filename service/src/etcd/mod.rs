@@ -28,7 +28,7 @@ pub mod scan;
 pub mod values;
 pub mod verify;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
@@ -113,22 +113,5 @@ impl EtcdConfig {
             return Err(("max_key_age".into(), "must be more than zero".into()));
         }
         Ok(())
-    }
-
-    /// Resolves relative file paths against the config file's directory.
-    pub fn resolve_paths(&mut self, base: &Path) {
-        for p in [
-            &mut self.ca_cert,
-            &mut self.client_cert,
-            &mut self.client_key,
-            &mut self.encryption_config,
-        ]
-        .into_iter()
-        .flatten()
-        {
-            if p.is_relative() && !p.as_os_str().is_empty() {
-                *p = base.join(&*p);
-            }
-        }
     }
 }
