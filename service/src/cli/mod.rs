@@ -4,7 +4,7 @@
 //! failed, 2 bad usage or bad input (see [`crate::error`]).
 
 mod ca;
-mod db;
+pub(crate) mod db;
 pub(crate) mod status;
 
 pub use status::{relative, table as status_table};
@@ -53,10 +53,10 @@ enum Command {
     Token(TokenCommand),
     /// etcd encryption at rest.
     #[command(subcommand)]
-    Etcd(EtcdCommand),
+    Etcd(crate::etcd::cli::EtcdCommand),
     /// Encrypted etcd backups.
     #[command(subcommand)]
-    Backup(BackupCommand),
+    Backup(crate::backup::cli::BackupCommand),
     /// Apply database migrations.
     Migrate(db::DbArgs),
 }
@@ -103,22 +103,6 @@ enum TokenCommand {
         /// Token id (the 6 characters before the dot).
         id: String,
     },
-}
-
-#[derive(Debug, Subcommand)]
-enum EtcdCommand {
-    /// Check the EncryptionConfiguration and what etcd really stores.
-    Verify {
-        /// The EncryptionConfiguration file.
-        #[arg(long)]
-        encryption_config: PathBuf,
-    },
-}
-
-#[derive(Debug, Subcommand)]
-enum BackupCommand {
-    /// Snapshot etcd, encrypt and upload.
-    Run,
 }
 
 /// Entry point of the binary: parses arguments, runs, maps errors to exit codes.
@@ -172,7 +156,9 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             )
             .await
         }
-        Command::Token(_) | Command::Etcd(_) | Command::Backup(_) => {
+        Command::Etcd(cmd) => crate::etcd::cli::run(cmd).await,
+        Command::Backup(cmd) => crate::backup::cli::run(cmd).await,
+        Command::Token(_) => {
             anyhow::bail!("this command is not available in this build yet")
         }
     }
