@@ -349,3 +349,30 @@ pub fn enc(name: &str) -> String {
     }
     out
 }
+
+/// `[etcd]` and `[backup]` sections for `etcd` (real, from [`crate::etcd::Etcd`]):
+/// an EncryptionConfiguration (aescbc, then identity), a KEK and a `file://`
+/// destination, all under `dir`.
+pub fn etcd_and_backup_toml(etcd: &crate::etcd::Etcd, dir: &Path) -> String {
+    use base64::Engine;
+    let key = base64::engine::general_purpose::STANDARD.encode([7u8; 32]);
+    let enc = dir.join("encryption-config.yaml");
+    std::fs::write(
+        &enc,
+        format!(
+            "apiVersion: apiserver.config.k8s.io/v1\nkind: EncryptionConfiguration\nresources:\n  - resources: [\"secrets\"]\n    providers:\n      - aescbc:\n          keys:\n            - name: key1\n              secret: {key}\n      - identity: {{}}\n"
+        ),
+    )
+    .expect("write encryption config");
+    let kek = dir.join("kek");
+    std::fs::write(&kek, [9u8; 32]).expect("write kek");
+    let backups = dir.join("backups");
+    std::fs::create_dir_all(&backups).expect("backups dir");
+    format!(
+        "\n[etcd]\nendpoints = [\"{}\"]\nencryption_config = \"{}\"\n\n[backup]\ndestination = \"file://{}/\"\nkek_file = \"{}\"\n",
+        etcd.endpoint,
+        enc.display(),
+        backups.display(),
+        kek.display()
+    )
+}

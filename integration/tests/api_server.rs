@@ -721,3 +721,89 @@ async fn excess_and_slow_requests_get_503_problems() {
         .unwrap();
     assert_eq!(r.status(), 200);
 }
+
+#[tokio::test]
+async fn etcd_verification_and_backups_through_the_api() {
+    let db = fresh_db().await;
+    let pki = Pki::new();
+    let etcd = rekey_integration::etcd::Etcd::start();
+    // One plaintext Secret: the verification must report it.
+    let mut kv = etcd_client::Client::connect([etcd.endpoint.as_str()], None)
+        .await
+        .unwrap();
+    kv.put(
+        "/registry/secrets/default/plain",
+        b"k8s\x00plaintext".to_vec(),
+        None,
+    )
+    .await
+    .unwrap();
+    let rest = rekey_integration::api::etcd_and_backup_toml(&etcd, pki.dir.path());
+    let serve = Serve::start(&db, &pki, "", &rest).await;
+    let admin = pki.client("admin");
+
+    // Operators may not; the refusal is audited.
+    let r = pki
+        .client("operator")
+        .post(format!("{}/v1/etcd/verify", serve.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(json(r).await.0, 403);
+    let rows = audit_rows(&db, "etcd.verify").await;
+    assert_eq!(rows[0].2, "denied", "{rows:?}");
+
+    let r = admin
+        .post(format!("{}/v1/etcd/verify", serve.url))
+        .json(&serde_json::json!({ "sample": 0 }))
+        .send()
+        .await
+        .unwrap();
+    let (status, _, report) = json(r).await;
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(report["config"]["valid"], true, "{report}");
+    assert_eq!(report["scan"]["total"], 1, "{report}");
+    assert_eq!(
+        report["scan"]["plaintext"][0], "/registry/secrets/default/plain",
+        "{report}"
+    );
+    assert_eq!(report["exit_code"], 1);
+    let checks: i64 = sqlx::query_scalar("SELECT count(*) FROM etcd_checks")
+        .fetch_one(db.pool())
+        .await
+        .unwrap();
+    assert_eq!(checks, 1);
+    let r = admin
+        .post(format!("{}/v1/etcd/verify", serve.url))
+        .json(&serde_json::json!({ "prefix": "no-slash" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(json(r).await.0, 400);
+
+    // A backup, then the list.
+    let r = admin
+        .post(format!("{}/v1/backups", serve.url))
+        .send()
+        .await
+        .unwrap();
+    let (status, _, record) = json(r).await;
+    assert_eq!(status, 201, "{record}\n{}", serve.log());
+    assert_eq!(record["status"], "completed", "{record}");
+    let (status, _, list) = json(
+        pki.client("viewer")
+            .get(format!("{}/v1/backups", serve.url))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(list["backups"][0]["id"], record["id"]);
+    let rows = audit_rows(&db, "backup.run").await;
+    assert!(
+        rows.iter()
+            .any(|r| r.0.contains("CN=admin") && r.2 == "success"),
+        "{rows:?}"
+    );
+}

@@ -980,6 +980,9 @@ async fn get_rotation(
     }
 }
 
+/// Operations that answer 501 in this build (their capability is not wired).
+pub const NOT_WIRED: &[&str] = &["list_bootstrap_tokens", "revoke_bootstrap_token"];
+
 fn not_landed(what: &str, module: &str) -> HttpError {
     HttpError::NotImplemented(format!(
         "{what} is not available in this build of rekey yet (the `{module}` module does not provide it)"
@@ -1030,35 +1033,136 @@ async fn revoke_bootstrap_token(
 }
 
 #[utoipa::path(post, path = "/v1/etcd/verify", tag = "etcd",
+    request_body(content = Option<Object>, content_type = "application/json",
+        description = "Optional overrides of [etcd]: `prefix`, `resource`, `sample`, `max_listed`"),
     responses(
-        (status = 200, description = "The verification report", body = Object),
-        (status = 501, description = "Not in this build", body = Problem, content_type = "application/problem+json")))]
-async fn verify_etcd(State(s): State<Shared>, req: Req) -> Result<Response, HttpError> {
+        (status = 200, description = "The verification report (as `rekey etcd verify --json`); `exit_code` 1 when problems were found", body = Object),
+        (status = 415, description = "The body is not JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 501, description = "[etcd] endpoints and encryption_config are not configured on this server", body = Problem, content_type = "application/problem+json")))]
+async fn verify_etcd(
+    State(s): State<Shared>,
+    req: Req,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, HttpError> {
     let action = Action::VerifyEtcd;
+    let parsed = parse_body::<crate::etcd::verify::VerifyRequest>(&headers, &body);
     let caller = s.authorize(&req, action, None, None).await?;
-    let result: Result<(Response, serde_json::Value), HttpError> =
-        Err(not_landed("etcd verification", "etcd"));
+    let result = async {
+        let request = parsed?.unwrap_or_default();
+        let opts = s
+            .api
+            .capabilities
+            .etcd
+            .as_ref()
+            .and_then(crate::etcd::VerifyOptions::from_config)
+            .ok_or_else(|| {
+                HttpError::NotImplemented(
+                    "etcd verification is not configured on this server: set [etcd] endpoints and encryption_config".into(),
+                )
+            })?;
+        let opts = request
+            .apply(opts)
+            .map_err(|(field, msg)| HttpError::BadRequest(format!("{field}: {msg}")))?;
+        let store = s.api.store.clone();
+        // Run to the end even if the caller goes away: the check is recorded.
+        let (report, check_id) = tokio::spawn(async move {
+            crate::etcd::verify::verify_and_record(
+                &opts,
+                Some(&store),
+                crate::etcd::checks::Trigger::Api,
+            )
+            .await
+        })
+        .await
+        .map_err(|e| HttpError::internal("the verification task failed", e))?
+        .map_err(|e| match e {
+            crate::etcd::VerifyError::Connect(_) | crate::etcd::VerifyError::Scan(_) => {
+                HttpError::Unavailable(format!("etcd could not be read: {e}"))
+            }
+            e => HttpError::internal("the verification could not run", e),
+        })?;
+        let details = serde_json::json!({ "check_id": check_id, "exit_code": report.exit_code });
+        Ok((Json(report).into_response(), details))
+    }
+    .await;
     s.audit(&req, &caller, action, "etcd", None, result).await
 }
 
+/// Query of `GET /v1/backups`.
+#[derive(Debug, Clone, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct BackupsQuery {
+    /// Include backups whose objects were pruned.
+    pub include_pruned: Option<bool>,
+    /// Only completed backups.
+    pub completed_only: Option<bool>,
+    /// At most this many, newest first (1 to 1000, default 100).
+    #[param(minimum = 1, maximum = 1000)]
+    pub limit: Option<i64>,
+}
+
 #[utoipa::path(get, path = "/v1/backups", tag = "backups",
-    responses(
-        (status = 200, description = "Recorded backups", body = Object),
-        (status = 501, description = "Not in this build", body = Problem, content_type = "application/problem+json")))]
-async fn list_backups(State(s): State<Shared>, req: Req) -> Result<Response, HttpError> {
+    params(BackupsQuery),
+    responses((status = 200, description = "Recorded backups, newest first: `{\"backups\": [...]}`", body = Object)))]
+async fn list_backups(
+    State(s): State<Shared>,
+    req: Req,
+    QueryParams(q): QueryParams<BackupsQuery>,
+) -> Result<Response, HttpError> {
     s.authorize(&req, Action::ListBackups, None, None).await?;
-    Err(not_landed("listing backups", "backup"))
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(HttpError::BadRequest(format!(
+            "limit {limit} is outside 1..=1000"
+        )));
+    }
+    let backups = crate::backup::list_backups(
+        &s.api.store,
+        crate::backup::records::ListFilter {
+            include_pruned: q.include_pruned.unwrap_or(false),
+            completed_only: q.completed_only.unwrap_or(false),
+            limit,
+        },
+    )
+    .await
+    .map_err(|e| HttpError::internal("the backups could not be listed", e))?;
+    Ok(Json(serde_json::json!({ "backups": backups })).into_response())
 }
 
 #[utoipa::path(post, path = "/v1/backups", tag = "backups",
     responses(
-        (status = 201, description = "The backup that was taken", body = Object),
-        (status = 501, description = "Not in this build", body = Problem, content_type = "application/problem+json")))]
+        (status = 201, description = "The completed backup's record", body = Object),
+        (status = 501, description = "[backup] and [etcd] are not configured on this server", body = Problem, content_type = "application/problem+json")))]
 async fn run_backup(State(s): State<Shared>, req: Req) -> Result<Response, HttpError> {
     let action = Action::RunBackup;
     let caller = s.authorize(&req, action, None, None).await?;
-    let result: Result<(Response, serde_json::Value), HttpError> =
-        Err(not_landed("running a backup", "backup"));
+    let result = async {
+        let caps = &s.api.capabilities;
+        let (Some(backup), Some(etcd)) = (caps.backup.clone(), caps.etcd.clone()) else {
+            return Err(HttpError::NotImplemented(
+                "backups are not configured on this server: set [backup] and [etcd]".into(),
+            ));
+        };
+        let store = s.api.store.clone();
+        let opts = crate::backup::RunOptions::quiet(caller.actor.clone());
+        // Run to the end even if the caller goes away or the request times out.
+        let record =
+            tokio::spawn(
+                async move { crate::backup::run_backup(&store, &backup, &etcd, &opts).await },
+            )
+            .await
+            .map_err(|e| HttpError::internal("the backup task failed", e))?
+            .map_err(|e| match e {
+                crate::backup::BackupError::Snapshot(_) => {
+                    HttpError::Unavailable(format!("the etcd snapshot could not be taken: {e}"))
+                }
+                e => HttpError::internal("the backup failed", e),
+            })?;
+        let details = serde_json::json!({ "backup_id": record.id, "location": record.location });
+        Ok(((StatusCode::CREATED, Json(record)).into_response(), details))
+    }
+    .await;
     s.audit(&req, &caller, action, "etcd", None, result).await
 }
 
