@@ -8,4 +8,5 @@
 
 pub mod bin;
 pub mod etcd;
+pub mod kube;
 pub mod pg;

@@ -4,7 +4,7 @@
 //! failed, 2 bad usage or bad input (see [`crate::error`]).
 
 mod ca;
-mod db;
+pub(crate) mod db;
 mod status;
 
 use std::{path::PathBuf, process::ExitCode};
@@ -42,7 +42,7 @@ enum Command {
     Ca(ca::CaCommand),
     /// Bootstrap tokens.
     #[command(subcommand)]
-    Token(TokenCommand),
+    Token(crate::k8s::cli::TokenCommand),
     /// etcd encryption at rest.
     #[command(subcommand)]
     Etcd(EtcdCommand),
@@ -72,21 +72,6 @@ pub struct RotateArgs {
     /// Why, for the audit record.
     #[arg(long)]
     pub reason: Option<String>,
-}
-
-#[derive(Debug, Subcommand)]
-enum TokenCommand {
-    /// List tracked bootstrap tokens.
-    List {
-        /// Machine-readable output.
-        #[arg(long)]
-        json: bool,
-    },
-    /// Revoke a bootstrap token now.
-    Revoke {
-        /// Token id (the 6 characters before the dot).
-        id: String,
-    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -138,7 +123,8 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Status(args) => status::run(args).await,
         Command::Ca(cmd) => ca::run(cmd),
         Command::Migrate(args) => db::migrate(args).await,
-        Command::Rotate(_) | Command::Token(_) | Command::Etcd(_) | Command::Backup(_) => {
+        Command::Token(cmd) => crate::k8s::cli::run(cmd).await,
+        Command::Rotate(_) | Command::Etcd(_) | Command::Backup(_) => {
             anyhow::bail!("this command is not available in this build yet")
         }
     }
