@@ -23,6 +23,7 @@
 //! consistent list snapshots across pages, finalizers and garbage collection.
 
 pub mod auth;
+pub mod fixtures;
 mod handlers;
 pub mod rbac;
 pub mod selector;

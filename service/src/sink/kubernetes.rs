@@ -131,17 +131,23 @@ impl KubernetesSecretSink {
         }
     }
 
+    /// One read-modify-write round; `Ok(false)` means "read again".
+    /// `carried` keeps the labels and annotations of a Secret deleted to change its type.
     async fn publish_once(
         &self,
         api: &Api<Secret>,
         p: &Publication<'_>,
+        carried: &mut Option<Secret>,
     ) -> Result<bool, SinkError> {
         let target = self.target();
         let existing = k8s::call(format!("get {target}"), api.get_opt(&self.name))
             .await
             .map_err(|e| remote(&target, e))?;
         let Some(existing) = existing else {
-            let obj = self.desired(p, None);
+            let mut obj = self.desired(p, carried.as_ref());
+            obj.metadata.uid = None;
+            obj.metadata.resource_version = None;
+            obj.metadata.creation_timestamp = None;
             return match k8s::call(
                 format!("create {target}"),
                 api.create(&PostParams::default(), &obj),
@@ -167,7 +173,10 @@ impl KubernetesSecretSink {
                 ..Default::default()
             };
             return match k8s::call(format!("delete {target}"), api.delete(&self.name, &dp)).await {
-                Ok(_) | Err(K8sError::Api { code: 404, .. }) => Ok(false),
+                Ok(_) | Err(K8sError::Api { code: 404, .. }) => {
+                    *carried = Some(existing);
+                    Ok(false)
+                }
                 Err(e) if e.is_conflict() => Ok(false),
                 Err(e) => Err(remote(&target, e)),
             };
@@ -193,8 +202,9 @@ impl KubernetesSecretSink {
 impl Sink for KubernetesSecretSink {
     async fn publish(&self, p: &Publication<'_>) -> Result<(), SinkError> {
         let api: Api<Secret> = Api::namespaced(self.client.clone(), &self.namespace);
+        let mut carried = None;
         for _ in 0..MAX_ATTEMPTS {
-            if self.publish_once(&api, p).await? {
+            if self.publish_once(&api, p, &mut carried).await? {
                 return Ok(());
             }
         }
