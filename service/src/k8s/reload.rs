@@ -98,7 +98,8 @@ impl std::fmt::Display for Workload {
 /// The patch that rolls a workload (pure).
 pub fn restart_patch(at: chrono::DateTime<chrono::Utc>) -> serde_json::Value {
     json!({"spec": {"template": {"metadata": {"annotations": {
-        RESTARTED_AT: at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        // Sub-second precision: two restarts in one second must still differ.
+        RESTARTED_AT: at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
     }}}}})
 }
 
@@ -227,7 +228,7 @@ mod tests {
         let p = restart_patch(chrono::DateTime::from_timestamp(0, 0).unwrap());
         assert_eq!(
             p["spec"]["template"]["metadata"]["annotations"][RESTARTED_AT],
-            "1970-01-01T00:00:00Z"
+            "1970-01-01T00:00:00.000000Z"
         );
     }
 }
