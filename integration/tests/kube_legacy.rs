@@ -14,7 +14,8 @@ fn legacy_secret(ns: &str, name: &str) -> serde_json::Value {
 async fn legacy_tokens_are_discovered_without_expiry() {
     let db = fresh_db().await;
     let k = KubeStandIn::start();
-    k.put(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "old"}})).unwrap();
+    k.put(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "old"}}))
+        .unwrap();
     k.put(legacy_secret("old", "old-sa-token")).unwrap();
     k.put(legacy_secret("default", "builder-token")).unwrap();
     k.put(json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "plain", "namespace": "old"}, "type": "Opaque"})).unwrap();
@@ -22,19 +23,39 @@ async fn legacy_tokens_are_discovered_without_expiry() {
     assert_eq!(legacy::discover(&db.store, &client).await.unwrap(), 2);
     let creds = db.store.list_credentials().await.unwrap();
     let names: Vec<&str> = creds.iter().map(|c| c.name.as_str()).collect();
-    assert_eq!(names, ["legacy-sa-token/default/builder-token", "legacy-sa-token/old/old-sa-token"]);
+    assert_eq!(
+        names,
+        [
+            "legacy-sa-token/default/builder-token",
+            "legacy-sa-token/old/old-sa-token"
+        ]
+    );
     let c = &creds[1];
-    assert_eq!((c.kind.as_str(), c.source.as_str(), c.managed), ("service_account_token", "discovered", false));
+    assert_eq!(
+        (c.kind.as_str(), c.source.as_str(), c.managed),
+        ("service_account_token", "discovered", false)
+    );
     assert!(c.not_after.is_none());
     assert_eq!(c.state(chrono::Utc::now()), State::NoExpiry);
     assert_eq!(c.spec["service_account"], "old-sa");
     // Metadata only: the listing never carried the token.
-    assert!(k.requests().iter().any(|r| r.verb == "list" && r.resource == "secrets" && r.namespace.is_empty()));
+    assert!(
+        k.requests()
+            .iter()
+            .any(|r| r.verb == "list" && r.resource == "secrets" && r.namespace.is_empty())
+    );
 
     // Gone from the cluster: removed from the inventory.
     k.delete("Secret", "old", "old-sa-token").unwrap();
     assert_eq!(legacy::discover(&db.store, &client).await.unwrap(), 1);
-    let names: Vec<String> = db.store.list_credentials().await.unwrap().into_iter().map(|c| c.name).collect();
+    let names: Vec<String> = db
+        .store
+        .list_credentials()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| c.name)
+        .collect();
     assert_eq!(names, ["legacy-sa-token/default/builder-token"]);
     assert!(k.denied().is_empty(), "{:?}", k.denied());
 }

@@ -375,12 +375,12 @@ async fn token_request_review_and_access_review() {
         .create(&PostParams::default(), &ask("delete", "kube-system"))
         .await
         .unwrap();
-    assert_eq!(yes.status.unwrap().allowed, true);
+    assert!(yes.status.unwrap().allowed);
     let no = sar
         .create(&PostParams::default(), &ask("delete", "default"))
         .await
         .unwrap();
-    assert_eq!(no.status.unwrap().allowed, false);
+    assert!(!no.status.unwrap().allowed);
 }
 
 #[tokio::test]

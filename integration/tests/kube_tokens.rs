@@ -15,7 +15,13 @@ async fn token_has_the_lifetime_and_audiences_asked_for() {
     k.add_namespace("ci");
     k.put(fixtures::service_account("ci", "deployer")).unwrap();
     let client = k.client().await;
-    let spec = fixtures::token_spec("ci", "deployer", &["https://vault.example", "api"], Duration::from_secs(3600), false);
+    let spec = fixtures::token_spec(
+        "ci",
+        "deployer",
+        &["https://vault.example", "api"],
+        Duration::from_secs(3600),
+        false,
+    );
     let now = chrono::Utc::now();
     let t = tokens::issue(&client, &spec, 1, now).await.unwrap();
     let claims = k.verify_sa_token(t.token.expose_secret()).unwrap();
@@ -29,7 +35,10 @@ async fn token_has_the_lifetime_and_audiences_asked_for() {
     assert!(!format!("{t:?}").contains(t.token.expose_secret()));
     // Unbound: retiring is a no-op and the token stays valid until it expires.
     tokens::retire(&client, &spec, &t.details).await.unwrap();
-    assert!(k.authenticate(t.token.expose_secret(), &["api".into()]).is_ok());
+    assert!(
+        k.authenticate(t.token.expose_secret(), &["api".into()])
+            .is_ok()
+    );
     assert!(k.denied().is_empty(), "{:?}", k.denied());
 }
 
@@ -40,7 +49,9 @@ async fn bound_token_is_revoked_by_retiring_its_secret() {
     k.put(fixtures::service_account("ci", "deployer")).unwrap();
     let client = k.client().await;
     let spec = fixtures::token_spec("ci", "deployer", &["api"], Duration::from_secs(600), true);
-    let t = tokens::issue(&client, &spec, 7, chrono::Utc::now()).await.unwrap();
+    let t = tokens::issue(&client, &spec, 7, chrono::Utc::now())
+        .await
+        .unwrap();
     let bound = &t.details["bound_secret"];
     assert_eq!(bound["name"], "deployer-rekey-token-7");
     let secret = k.get("Secret", "ci", "deployer-rekey-token-7").unwrap();
@@ -48,16 +59,26 @@ async fn bound_token_is_revoked_by_retiring_its_secret() {
     assert_eq!(bound["uid"], secret["metadata"]["uid"]);
     let claims = k.verify_sa_token(t.token.expose_secret()).unwrap();
     assert_eq!(claims.exp - claims.iat, 600);
-    assert_eq!(claims.kubernetes.secret.as_ref().unwrap().name, "deployer-rekey-token-7");
-    assert!(k.authenticate(t.token.expose_secret(), &["api".into()]).is_ok());
+    assert_eq!(
+        claims.kubernetes.secret.as_ref().unwrap().name,
+        "deployer-rekey-token-7"
+    );
+    assert!(
+        k.authenticate(t.token.expose_secret(), &["api".into()])
+            .is_ok()
+    );
 
     // Issuing the same version again (a retried rotation) reuses the Secret.
-    let again = tokens::issue(&client, &spec, 7, chrono::Utc::now()).await.unwrap();
+    let again = tokens::issue(&client, &spec, 7, chrono::Utc::now())
+        .await
+        .unwrap();
     assert_eq!(again.details["bound_secret"]["uid"], bound["uid"]);
 
     tokens::retire(&client, &spec, &t.details).await.unwrap();
     assert!(k.get("Secret", "ci", "deployer-rekey-token-7").is_none());
-    let e = k.authenticate(t.token.expose_secret(), &["api".into()]).unwrap_err();
+    let e = k
+        .authenticate(t.token.expose_secret(), &["api".into()])
+        .unwrap_err();
     assert!(e.contains("deleted"), "{e}");
     tokens::retire(&client, &spec, &t.details).await.unwrap();
     assert!(k.denied().is_empty(), "{:?}", k.denied());
@@ -70,13 +91,22 @@ async fn failed_token_request_is_retryable_and_leaves_no_secret() {
     k.put(fixtures::service_account("ci", "deployer")).unwrap();
     let client = k.client().await;
     let spec = fixtures::token_spec("ci", "deployer", &[], Duration::from_secs(3600), true);
-    k.inject(Fault::new("create", "serviceaccounts/token", FaultKind::Status(500), 1));
-    let e = tokens::issue(&client, &spec, 3, chrono::Utc::now()).await.unwrap_err();
+    k.inject(Fault::new(
+        "create",
+        "serviceaccounts/token",
+        FaultKind::Status(500),
+        1,
+    ));
+    let e = tokens::issue(&client, &spec, 3, chrono::Utc::now())
+        .await
+        .unwrap_err();
     assert!(e.is_retryable(), "{e}");
     assert!(k.get("Secret", "ci", "deployer-rekey-token-3").is_none());
     // A missing service account is not retryable.
     let ghost = fixtures::token_spec("ci", "ghost", &[], Duration::from_secs(3600), false);
-    let e = tokens::issue(&client, &ghost, 1, chrono::Utc::now()).await.unwrap_err();
+    let e = tokens::issue(&client, &ghost, 1, chrono::Utc::now())
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Some(404), "{e}");
     assert!(!e.is_retryable());
 }

@@ -29,11 +29,15 @@ pub fn tls_material(ca: &CertAuthority, dns: &str) -> (Material, chrono::DateTim
         renew_fraction: None,
         renew_before: None,
         schedule: None,
-        sink: SinkSpec::File { dir: "/nonexistent".into() },
+        sink: SinkSpec::File {
+            dir: "/nonexistent".into(),
+        },
         adopt: false,
         reload: vec![],
     };
-    let leaf = ca.issue(&spec, Utc::now()).expect("issuing a test certificate");
+    let leaf = ca
+        .issue(&spec, Utc::now())
+        .expect("issuing a test certificate");
     (
         Material::Certificate {
             chain_pem: leaf.cert_pem.clone(),
@@ -46,13 +50,24 @@ pub fn tls_material(ca: &CertAuthority, dns: &str) -> (Material, chrono::DateTim
 
 /// A throwaway CA.
 pub fn test_ca() -> CertAuthority {
-    CertAuthority::generate("stand-in test CA", KeyType::EcdsaP256, TimeDelta::days(1), Utc::now())
-        .expect("CA")
-        .0
+    CertAuthority::generate(
+        "stand-in test CA",
+        KeyType::EcdsaP256,
+        TimeDelta::days(1),
+        Utc::now(),
+    )
+    .expect("CA")
+    .0
 }
 
 /// A `[[token]]` spec publishing to a Secret in its own namespace.
-pub fn token_spec(ns: &str, sa: &str, audiences: &[&str], lifetime: Duration, bound: bool) -> TokenSpec {
+pub fn token_spec(
+    ns: &str,
+    sa: &str,
+    audiences: &[&str],
+    lifetime: Duration,
+    bound: bool,
+) -> TokenSpec {
     TokenSpec {
         name: format!("sa-token/{ns}/{sa}"),
         namespace: ns.into(),
@@ -122,11 +137,17 @@ pub fn node(name: &str) -> Value {
 
 /// A bootstrap-token Secret as kubeadm writes it (for tests that need one
 /// without going through `rekey token create`). Returns the object and the token.
-pub fn bootstrap_secret(id: &str, ttl: Option<TimeDelta>, policy: Option<&str>) -> (Value, SecretString) {
+pub fn bootstrap_secret(
+    id: &str,
+    ttl: Option<TimeDelta>,
+    policy: Option<&str>,
+) -> (Value, SecretString) {
     use rand::Rng;
     const CHARS: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
     let mut r = rand::rng();
-    let secret: String = (0..16).map(|_| CHARS[r.random_range(0..CHARS.len())] as char).collect();
+    let secret: String = (0..16)
+        .map(|_| CHARS[r.random_range(0..CHARS.len())] as char)
+        .collect();
     let mut data = json!({
         "token-id": id,
         "token-secret": secret,
@@ -135,9 +156,12 @@ pub fn bootstrap_secret(id: &str, ttl: Option<TimeDelta>, policy: Option<&str>) 
         "auth-extra-groups": "system:bootstrappers:kubeadm:default-node-token",
     });
     if let Some(t) = ttl {
-        data["expiration"] = json!((Utc::now() + t).to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+        data["expiration"] =
+            json!((Utc::now() + t).to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
     }
-    let labels = policy.map(|p| json!({"rekey.io/bootstrap-policy": p})).unwrap_or(json!({}));
+    let labels = policy
+        .map(|p| json!({"rekey.io/bootstrap-policy": p}))
+        .unwrap_or(json!({}));
     (
         json!({
             "apiVersion": "v1", "kind": "Secret",
@@ -156,14 +180,18 @@ impl KubeStandIn {
     /// issued, then the Node registers. Returns the CSR name.
     pub async fn join_node(&self, token: &str, node_name: &str) -> String {
         let kc = self.write_kubeconfig(&format!("bootstrap-{node_name}"), token, None);
-        let client = rekey::k8s::client(Some(&kc), None).await.expect("bootstrap client");
-        let api: kube::Api<k8s_openapi::api::certificates::v1::CertificateSigningRequest> = kube::Api::all(client);
+        let client = rekey::k8s::client(Some(&kc), None)
+            .await
+            .expect("bootstrap client");
+        let api: kube::Api<k8s_openapi::api::certificates::v1::CertificateSigningRequest> =
+            kube::Api::all(client);
         let csr_name = format!("csr-{node_name}");
         let body = serde_json::from_value(node_csr(&csr_name, node_name)).expect("csr");
         api.create(&kube::api::PostParams::default(), &body)
             .await
             .expect("creating the CSR with the bootstrap token");
-        self.approve_and_issue(&csr_name).expect("approve and issue");
+        self.approve_and_issue(&csr_name)
+            .expect("approve and issue");
         self.put(node(node_name)).expect("node");
         csr_name
     }

@@ -62,7 +62,7 @@ fn parse_path(path: &str) -> Result<Target, ApiError> {
         _ => return Err(not_found()),
     };
     let rt = resource_type(group, version, resource).ok_or_else(not_found)?;
-    if rt.namespaced != !namespace.is_empty()
+    if rt.namespaced == namespace.is_empty()
         && !(rt.namespaced && namespace.is_empty() && name.is_none())
     {
         return Err(not_found());

@@ -153,7 +153,7 @@ fn rule_permissions(
         return None;
     }
     let names = strs(&rule["resourceNames"]);
-    if !names.is_empty() && !names.iter().any(|n| *n == a.name) {
+    if !names.is_empty() && !names.contains(&a.name) {
         return None;
     }
     Some(perm(&a.group, &full))

@@ -109,16 +109,15 @@ pub fn validate(
                         }
                     }
                 }
-                "kubernetes.io/service-account-token" => {
+                "kubernetes.io/service-account-token"
                     if v["metadata"]["annotations"]["kubernetes.io/service-account.name"]
                         .as_str()
-                        .is_none_or(str::is_empty)
-                    {
-                        causes.push((
-                            "metadata.annotations[kubernetes.io/service-account.name]".into(),
-                            "Required value".into(),
-                        ));
-                    }
+                        .is_none_or(str::is_empty) =>
+                {
+                    causes.push((
+                        "metadata.annotations[kubernetes.io/service-account.name]".into(),
+                        "Required value".into(),
+                    ));
                 }
                 _ => {}
             }
