@@ -10,3 +10,4 @@ pub mod bin;
 pub mod etcd;
 pub mod kube;
 pub mod pg;
+pub mod serve;

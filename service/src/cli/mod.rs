@@ -7,6 +7,13 @@ mod ca;
 pub(crate) mod db;
 mod status;
 
+pub use status::{relative, table as status_table};
+
+/// Prints the status table of everything tracked (used by `rekey dev`).
+pub async fn print_status(store: &crate::store::Store) -> anyhow::Result<bool> {
+    status::print(store, false).await
+}
+
 use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Args, Parser, Subcommand};
@@ -19,9 +26,10 @@ use crate::error::{exit_code, report};
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
-    /// Log filter (tracing `EnvFilter` syntax), e.g. `info` or `rekey=debug`.
-    #[arg(long, global = true, env = "REKEY_LOG", default_value = "info")]
-    log: String,
+    /// Log filter (tracing `EnvFilter` syntax), e.g. `info` or `rekey=debug`
+    /// [default: `info`; `warn` for `rekey dev`, which prints its own progress].
+    #[arg(long, global = true, env = "REKEY_LOG")]
+    log: Option<String>,
     /// Log format.
     #[arg(long, global = true, env = "REKEY_LOG_FORMAT", value_enum, default_value_t = crate::telemetry::LogFormat::Text)]
     log_format: crate::telemetry::LogFormat,
@@ -93,7 +101,14 @@ enum BackupCommand {
 /// Entry point of the binary: parses arguments, runs, maps errors to exit codes.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Err(e) = crate::telemetry::init_logging(&cli.log, cli.log_format) {
+    let default_filter = if matches!(cli.command, Command::Dev(_)) {
+        "warn"
+    } else {
+        "info"
+    };
+    if let Err(e) =
+        crate::telemetry::init_logging(cli.log.as_deref().unwrap_or(default_filter), cli.log_format)
+    {
         eprintln!("error: --log: {e}");
         return ExitCode::from(2);
     }

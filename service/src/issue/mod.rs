@@ -22,6 +22,12 @@ use crate::config::{CertificateSpec, KeyType, Usage};
 /// How far a leaf's `not_before` is back-dated for clock skew, at most.
 pub const MAX_BACKDATE: TimeDelta = TimeDelta::seconds(60);
 
+/// How far the `not_before` of a leaf with this lifetime is back-dated: a
+/// tenth of the lifetime, at most [`MAX_BACKDATE`].
+pub fn backdate(lifetime: TimeDelta) -> TimeDelta {
+    (lifetime / 10).min(MAX_BACKDATE)
+}
+
 /// Errors loading a CA or issuing a certificate.
 #[derive(Debug, thiserror::Error)]
 pub enum IssueError {
@@ -262,7 +268,7 @@ impl CertAuthority {
         };
         let key_pair = generate_key(spec.key).map_err(rc)?;
         let lifetime = spec.lifetime.chrono();
-        let backdate = (lifetime / 10).min(MAX_BACKDATE);
+        let backdate = backdate(lifetime);
         // Whole seconds: X.509 times have no fractions.
         let not_before = DateTime::from_timestamp(now.timestamp(), 0).unwrap_or(now) - backdate;
         let not_after = not_before + lifetime;

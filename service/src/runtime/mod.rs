@@ -1,10 +1,204 @@
 //! Wiring: starts the engine, watchers, API and jobs, and waits on them.
+//!
+//! `rekey serve` and `rekey dev` both go through [`start`]: it connects to
+//! Postgres, applies migrations, loads the CA, syncs the declared credentials
+//! and spawns the long-running tasks; [`Running::wait`] reports which task
+//! ended and why.
 
 pub mod dev;
 
-use std::{path::Path, process::ExitCode};
+use std::{path::Path, process::ExitCode, sync::Arc, time::Duration};
+
+use anyhow::Context;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    config::Config,
+    error::{BadInput, BadInputExt},
+    issue::CertAuthority,
+    rotate::{Engine, EngineDeps, declare},
+    schedule::Jitter,
+    sink::SinkContext,
+    store::Store,
+};
+
+/// How long start-up waits for Postgres to accept connections.
+const DB_PATIENCE: Duration = Duration::from_secs(60);
+
+/// How often `[[scan]]` directories are rescanned.
+const SCAN_INTERVAL: Duration = Duration::from_secs(60);
+
+/// A started service.
+pub struct Running {
+    /// The engine (subscribe to its events, read its readiness).
+    pub engine: Arc<Engine>,
+    /// The store.
+    pub store: Store,
+    /// Cancel to stop everything.
+    pub shutdown: CancellationToken,
+    tasks: JoinSet<(&'static str, anyhow::Result<()>)>,
+}
+
+impl Running {
+    /// Waits until shutdown is requested and every task has stopped, or a
+    /// task fails (then stops the others and returns its error).
+    pub async fn wait(mut self) -> anyhow::Result<()> {
+        let mut first_error = None;
+        while let Some(joined) = self.tasks.join_next().await {
+            let (name, result) = match joined {
+                Ok(r) => r,
+                Err(e) => ("task", Err(anyhow::anyhow!("panicked: {e}"))),
+            };
+            match result {
+                Ok(()) if self.shutdown.is_cancelled() => {}
+                Ok(()) => tracing::info!(task = name, "task finished"),
+                Err(e) => {
+                    tracing::error!(task = name, error = %crate::error::report(&e), "task failed; stopping");
+                    self.shutdown.cancel();
+                    first_error.get_or_insert(e.context(format!("{name} failed")));
+                }
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+}
+
+/// Connects to the configured database (waiting for it) and applies migrations.
+pub async fn connect(config: &Config) -> anyhow::Result<Store> {
+    let url = config.database.url().bad_input()?;
+    let max = config.database.max_connections.unwrap_or(16);
+    let store = Store::connect_patiently(url, max, DB_PATIENCE)
+        .await
+        .map_err(|e| match e {
+            e @ crate::store::StoreError::BadUrl(_) => anyhow::Error::new(BadInput::new(e)),
+            e => anyhow::Error::new(e),
+        })?;
+    store.migrate().await.context("applying migrations")?;
+    Ok(store)
+}
+
+/// Loads the CA named by `[issuer]`; required when certificates are declared.
+pub fn load_ca(config: &Config) -> anyhow::Result<Option<Arc<CertAuthority>>> {
+    match &config.issuer {
+        Some(i) => {
+            let ca = CertAuthority::load(&i.ca_cert, &i.ca_key)
+                .map_err(|e| BadInput::msg(format!("issuer: {e}")))?;
+            if ca.not_after() < chrono::Utc::now() {
+                tracing::error!(subject = ca.subject(), not_after = %ca.not_after(), "the issuer CA has expired: every certificate it signs is invalid");
+            }
+            Ok(Some(Arc::new(ca)))
+        }
+        None if !config.certificates.is_empty() => Err(BadInput::msg(
+            "issuer: certificates are declared but [issuer] is missing (create a CA with `rekey ca init --out DIR`)",
+        )
+        .into()),
+        None => Ok(None),
+    }
+}
+
+/// Starts everything the configuration asks for.
+pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Result<Running> {
+    let ca = load_ca(&config)?;
+    let store = connect(&config).await?;
+    let replica = config
+        .engine
+        .replica_id
+        .clone()
+        .unwrap_or_else(crate::rotate::default_replica_id);
+    let sinks = SinkContext::default();
+    let jitter = Jitter {
+        max: config.engine.max_jitter.chrono(),
+        fraction: config.engine.jitter_fraction,
+    };
+    let actor = format!("rekey/{replica}");
+    let report = declare::sync_config(&store, &config, &sinks, jitter, &actor)
+        .await
+        .context("syncing declared credentials")?;
+    tracing::info!(
+        replica = %replica,
+        added = report.added.len(), changed = report.changed.len(), removed = report.removed.len(),
+        "declared credentials synced"
+    );
+    let engine = Engine::new(EngineDeps {
+        store: store.clone(),
+        replica,
+        config: config.engine.clone(),
+        ca,
+        sinks,
+        tokens: None,
+        reload: None,
+    });
+    let mut tasks = JoinSet::new();
+    {
+        let engine = engine.clone();
+        let shutdown = shutdown.clone();
+        tasks.spawn(async move {
+            (
+                "engine",
+                engine.run(shutdown).await.map_err(anyhow::Error::from),
+            )
+        });
+    }
+    if !config.scans.is_empty() {
+        let dirs: Vec<_> = config.scans.iter().map(|s| s.dir.clone()).collect();
+        let store = store.clone();
+        let shutdown = shutdown.clone();
+        tasks.spawn(async move {
+            loop {
+                match crate::scan::record(&store, &dirs).await {
+                    Ok(n) => tracing::debug!(certificates = n, "scan recorded"),
+                    Err(e) => tracing::warn!(error = %e, "scan could not be recorded"),
+                }
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(SCAN_INTERVAL) => {}
+                }
+            }
+            ("scan", Ok(()))
+        });
+    }
+    Ok(Running {
+        engine,
+        store,
+        shutdown,
+        tasks,
+    })
+}
+
+/// A token cancelled on SIGTERM or Ctrl-C. A second signal exits at once.
+pub fn shutdown_on_signals() -> CancellationToken {
+    let token = CancellationToken::new();
+    let t = token.clone();
+    tokio::spawn(async move {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot listen for SIGTERM");
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        tracing::info!("shutting down: finishing in-flight work (signal again to exit at once)");
+        t.cancel();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        std::process::exit(130);
+    });
+    token
+}
 
 /// `rekey serve --config FILE`
-pub async fn serve(_config: &Path) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("serve: not wired yet")
+pub async fn serve(config_path: &Path) -> anyhow::Result<ExitCode> {
+    let config = Config::load(config_path).bad_input()?;
+    let shutdown = shutdown_on_signals();
+    let running = start(config, shutdown).await?;
+    running.wait().await?;
+    Ok(ExitCode::SUCCESS)
 }

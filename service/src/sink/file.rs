@@ -114,13 +114,38 @@ impl FileSink {
 #[async_trait]
 impl Sink for FileSink {
     async fn publish(&self, publication: &Publication<'_>) -> Result<(), SinkError> {
-        // Small writes to local disk: cheap enough inline; the engine batches
-        // many of them onto blocking threads itself.
-        tokio::task::block_in_place(|| self.publish_blocking(publication))
+        let sink = self.clone();
+        let (credential, version, not_after, material, adopt) = (
+            publication.credential.to_string(),
+            publication.version,
+            publication.not_after,
+            publication.material.clone(),
+            publication.adopt,
+        );
+        tokio::task::spawn_blocking(move || {
+            sink.publish_blocking(&Publication {
+                credential: &credential,
+                version,
+                not_after,
+                material: &material,
+                adopt,
+            })
+        })
+        .await
+        .map_err(|e| SinkError::Io {
+            path: self.dir.display().to_string(),
+            source: std::io::Error::other(e),
+        })?
     }
 
     async fn published_version(&self) -> Result<Option<i64>, SinkError> {
-        self.published_version_blocking()
+        let sink = self.clone();
+        tokio::task::spawn_blocking(move || sink.published_version_blocking())
+            .await
+            .map_err(|e| SinkError::Io {
+                path: self.dir.display().to_string(),
+                source: std::io::Error::other(e),
+            })?
     }
 
     fn describe(&self) -> String {

@@ -17,6 +17,7 @@ use secrecy::SecretString;
 use crate::config::SinkSpec;
 
 /// The material of one credential version.
+#[derive(Clone)]
 pub enum Material {
     /// A certificate and its key.
     Certificate {

@@ -6,7 +6,9 @@
 
 pub mod audit;
 pub mod credentials;
+pub mod engine;
 pub mod rotations;
+pub mod sync;
 
 use std::time::Duration;
 
@@ -49,6 +51,11 @@ pub struct Store {
 impl Store {
     /// Connects (lazily: the pool reconnects as Postgres comes and goes).
     pub async fn connect(url: &str, max_connections: u32) -> Result<Self, StoreError> {
+        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            return Err(StoreError::BadUrl(
+                "it must start with postgres:// or postgresql://".into(),
+            ));
+        }
         let opts: PgConnectOptions = url
             .parse()
             .map_err(|e: sqlx::Error| StoreError::BadUrl(redact_url_error(&e)))?;
