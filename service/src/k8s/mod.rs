@@ -20,6 +20,7 @@ pub mod cli;
 pub mod legacy;
 pub mod reload;
 pub mod tokens;
+pub mod wiring;
 
 use std::{future::Future, path::Path, time::Duration};
 
