@@ -1,7 +1,11 @@
 //! Legacy long-lived service-account token Secrets are found and shown as no-expiry.
 
 use rekey::{k8s::legacy, store::credentials::State};
-use rekey_integration::{kube::KubeStandIn, pg::fresh_db};
+use rekey_integration::{
+    bin::{outcome, rekey, run},
+    kube::KubeStandIn,
+    pg::fresh_db,
+};
 use serde_json::json;
 
 fn legacy_secret(ns: &str, name: &str) -> serde_json::Value {
@@ -44,6 +48,26 @@ async fn legacy_tokens_are_discovered_without_expiry() {
             .iter()
             .any(|r| r.verb == "list" && r.resource == "secrets" && r.namespace.is_empty())
     );
+
+    // `rekey status` shows them as no-expiry, with a warning, and does not fail on them.
+    let out = run(rekey().args(["status", "--json", "--database-url", &db.url]));
+    let (code, stdout, err) = outcome(&out);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let row = v["credentials"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "legacy-sa-token/old/old-sa-token")
+        .unwrap()
+        .clone();
+    assert_eq!(row["state"], "no-expiry");
+    assert_eq!(row["kind"], "service_account_token");
+    assert!(row["not_after"].is_null());
+    let out = run(rekey().args(["status", "--database-url", &db.url]));
+    let (_, table, err) = outcome(&out);
+    assert!(table.contains("no-expiry"), "{table}");
+    assert!(format!("{table}{err}").contains("never expire"), "{table}{err}");
 
     // Gone from the cluster: removed from the inventory.
     k.delete("Secret", "old", "old-sa-token").unwrap();
