@@ -4,11 +4,11 @@
 //!  claim (lease, FOR UPDATE SKIP LOCKED)
 //!    │  reconcile versions an interrupted attempt left `pending`
 //!    ▼
-//!  open attempts: `rotations` row running, `pending` version      (one transaction)
+//!  issue material in memory, labelled with a reserved version id
+//!    │  (CA on blocking threads, TokenRequest)
 //!    ▼
-//!  issue material in memory (CA on blocking threads, TokenRequest)
-//!    ▼
-//!  record facts + extend lease (fencing: only still-owned go on)  (one statement)
+//!  open attempts: fencing + lease extension, `rotations` row       (one transaction)
+//!  running, `pending` version with its facts
 //!    ▼
 //!  publish to the sink, version id attached  ◄── the commit point
 //!    ▼
@@ -18,8 +18,8 @@
 //! Each step is safe to crash after. A version is `pending` until the commit;
 //! whoever claims the credential next asks the sink which version it holds
 //! and either finalizes that version (it was published) or fails it (it never
-//! was). Work is batched: one claim, one transaction to open, one statement to
-//! record, one transaction to commit, for up to `batch_size` credentials.
+//! was). Work is batched: one claim, one transaction to open, one transaction
+//! to commit, for up to `batch_size` credentials.
 
 pub mod declare;
 pub mod tokens;
@@ -41,7 +41,7 @@ use crate::{
         Store, StoreError,
         audit::{NewEvent, Outcome},
         credentials::kind,
-        engine::{Attempt, Claimed, Failure, Success, VersionFacts},
+        engine::{Attempt, Claimed, Failure, Opening, Success, VersionFacts},
         rotations::WAKE_CHANNEL,
     },
 };
@@ -399,50 +399,7 @@ impl Engine {
         self.commit(&mut items, recovered, EventOutcome::Recovered)
             .await;
 
-        // Open attempts for everything still to rotate.
-        let to_open: Vec<(i64, i64, Option<DateTime<Utc>>, &'static str)> = items
-            .iter()
-            .filter(|i| i.failure.is_none() && !i.done)
-            .map(|i| {
-                (
-                    i.claimed.id,
-                    i.claimed.lease_epoch,
-                    i.claimed.next_rotation_at,
-                    i.trigger,
-                )
-            })
-            .collect();
-        if !to_open.is_empty() {
-            match self
-                .deps
-                .store
-                .open_attempts(&self.deps.replica, &to_open)
-                .await
-            {
-                Ok(attempts) => {
-                    let by_id: HashMap<i64, Attempt> =
-                        attempts.into_iter().map(|a| (a.credential_id, a)).collect();
-                    for item in items.iter_mut().filter(|i| i.failure.is_none() && !i.done) {
-                        item.attempt = by_id.get(&item.claimed.id).copied();
-                        if item.attempt.is_none() {
-                            tracing::warn!(credential = %item.claimed.name, "lease lost before starting; leaving it to its new owner");
-                            item.done = true;
-                        }
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "opening rotation attempts failed; releasing the batch");
-                    let leases: Vec<(i64, i64)> = items
-                        .iter()
-                        .map(|i| (i.claimed.id, i.claimed.lease_epoch))
-                        .collect();
-                    let _ = self.deps.store.release_leases(&leases).await;
-                    return;
-                }
-            }
-        }
-
-        // Issue material.
+        // Issue material in memory, labelled with the version id reserved at claim time.
         let now = Utc::now();
         let issued =
             futures::future::join_all(items.iter().map(|item| self.issue(item, now))).await;
@@ -454,25 +411,32 @@ impl Engine {
             }
         }
 
-        // Record facts; only credentials still owned go on to publish.
-        let facts: Vec<(VersionFacts, i64)> = items
+        // Open attempts with the versions' facts; only credentials still owned go on.
+        let openings: Vec<Opening> = items
             .iter()
+            .filter(|i| !i.done && i.failure.is_none())
             .filter_map(|i| {
-                i.issued
-                    .as_ref()
-                    .map(|x| (x.facts.clone(), i.claimed.lease_epoch))
+                Some(Opening {
+                    lease_epoch: i.claimed.lease_epoch,
+                    due_at: i.claimed.next_rotation_at,
+                    trigger: i.trigger,
+                    facts: i.issued.as_ref()?.facts.clone(),
+                })
             })
             .collect();
-        if !facts.is_empty() {
+        if !openings.is_empty() {
             match self
                 .deps
                 .store
-                .record_issued(&self.deps.replica, self.lease_secs(), &facts)
+                .open_attempts(&self.deps.replica, self.lease_secs(), &openings)
                 .await
             {
-                Ok(owned) => {
-                    for item in items.iter_mut().filter(|i| i.issued.is_some()) {
-                        if !owned.contains(&item.claimed.id) {
+                Ok(attempts) => {
+                    let by_id: HashMap<i64, Attempt> =
+                        attempts.into_iter().map(|a| (a.credential_id, a)).collect();
+                    for item in items.iter_mut().filter(|i| i.issued.is_some() && !i.done) {
+                        item.attempt = by_id.get(&item.claimed.id).copied();
+                        if item.attempt.is_none() {
                             tracing::warn!(credential = %item.claimed.name, "lease lost before publishing; leaving it to its new owner");
                             item.issued = None;
                             item.done = true;
@@ -480,8 +444,8 @@ impl Engine {
                     }
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "recording issued versions failed; nothing was published");
-                    for item in items.iter_mut().filter(|i| i.issued.is_some()) {
+                    tracing::warn!(error = %e, "opening rotation attempts failed; nothing was published");
+                    for item in items.iter_mut().filter(|i| i.issued.is_some() && !i.done) {
                         item.issued = None;
                         item.failure = Some((format!("database: {e}"), false));
                     }
@@ -618,7 +582,7 @@ impl Engine {
         if item.failure.is_some() || item.issued.is_some() || item.done {
             return None;
         }
-        let attempt = item.attempt?;
+        let (version_id, credential_id) = (item.claimed.reserved_version, item.claimed.id);
         let spec = item.spec.as_ref()?;
         Some(match spec {
             Spec::Certificate(c) => {
@@ -629,8 +593,8 @@ impl Engine {
                 match tokio::task::spawn_blocking(move || ca.issue(&c, now)).await {
                     Ok(Ok(cert)) => Ok(Issued {
                         facts: VersionFacts {
-                            version_id: attempt.version_id,
-                            credential_id: attempt.credential_id,
+                            version_id,
+                            credential_id,
                             fingerprint: cert.fingerprint,
                             serial: Some(cert.serial),
                             not_before: cert.not_before,
@@ -652,11 +616,11 @@ impl Engine {
                     "service-account tokens need a Kubernetes client ([kubernetes] or in-cluster)"
                         .into(),
                 ),
-                Some(tokens) => match tokens.issue(t, attempt.version_id, now).await {
+                Some(tokens) => match tokens.issue(t, version_id, now).await {
                     Ok(tok) => Ok(Issued {
                         facts: VersionFacts {
-                            version_id: attempt.version_id,
-                            credential_id: attempt.credential_id,
+                            version_id,
+                            credential_id,
                             fingerprint: tok.fingerprint,
                             serial: None,
                             not_before: tok.not_before,
@@ -818,6 +782,8 @@ impl Engine {
                 version: item.attempt.map(|a| (a.version_id, *maybe_published)),
                 retry_at,
                 error: error.clone(),
+                trigger: item.trigger,
+                due_at: item.claimed.next_rotation_at,
             });
             let mut e = NewEvent::new(
                 &actor,
@@ -841,7 +807,12 @@ impl Engine {
                 duration_ms: item.started.elapsed().as_millis() as u64,
             });
         }
-        if let Err(e) = self.deps.store.record_failures(&failures, &audit).await {
+        if let Err(e) = self
+            .deps
+            .store
+            .record_failures(&self.deps.replica, &failures, &audit)
+            .await
+        {
             tracing::warn!(error = %e, "recording failed rotations failed; their leases will expire");
         }
     }

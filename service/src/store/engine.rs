@@ -39,6 +39,9 @@ pub struct Claimed {
     pub failures: i32,
     /// A `pending` version exists (an earlier attempt did not finish).
     pub has_pending: bool,
+    /// A version id reserved for this attempt (from the versions' sequence),
+    /// so material can be issued and labelled before anything is written.
+    pub reserved_version: i64,
 }
 
 /// An attempt opened for a claimed credential.
@@ -50,6 +53,19 @@ pub struct Attempt {
     pub rotation_id: Uuid,
     /// The `pending` version.
     pub version_id: i64,
+}
+
+/// An issued version to open an attempt for.
+#[derive(Debug, Clone)]
+pub struct Opening {
+    /// The claim's fencing token.
+    pub lease_epoch: i64,
+    /// The due time served.
+    pub due_at: Option<DateTime<Utc>>,
+    /// The trigger.
+    pub trigger: &'static str,
+    /// The version's facts (its id is the one reserved at claim time).
+    pub facts: VersionFacts,
 }
 
 /// Material facts of an issued version (never the material itself).
@@ -110,6 +126,10 @@ pub struct Failure {
     pub retry_at: DateTime<Utc>,
     /// What went wrong (no secret material).
     pub error: String,
+    /// The trigger (for a rotation row when none was opened).
+    pub trigger: &'static str,
+    /// The due time served.
+    pub due_at: Option<DateTime<Utc>>,
 }
 
 impl Store {
@@ -134,7 +154,8 @@ impl Store {
             FROM due WHERE c.id = due.id
             RETURNING c.id, c.name, c.kind, c.spec, c.sink, c.lease_epoch, c.next_rotation_at, c.next_rotation_reason,
                       c.not_before, c.not_after, c.current_version, c.failures,
-                      EXISTS (SELECT 1 FROM credential_versions v WHERE v.credential_id = c.id AND v.status = 'pending') AS has_pending",
+                      EXISTS (SELECT 1 FROM credential_versions v WHERE v.credential_id = c.id AND v.status = 'pending') AS has_pending,
+                      nextval('credential_versions_id_seq') AS reserved_version",
         )
         .bind(limit)
         .bind(replica)
@@ -143,34 +164,47 @@ impl Store {
         .await?)
     }
 
-    /// Opens one attempt per claimed credential: abandons attempts a lost
-    /// replica left `running`, turns a queued manual request into the running
-    /// attempt (or opens a new one), and creates the `pending` versions.
+    /// Opens one attempt per issued credential, in one transaction: fencing
+    /// and lease extension (only credentials still leased to `replica` at the
+    /// claimed epoch go on), attempts a lost replica left `running` abandoned,
+    /// a queued manual request turned into the running attempt (or a new one
+    /// opened), and the `pending` versions inserted with the facts of their
+    /// material — recorded before publishing so recovery can commit a version
+    /// it finds in the sink. Returns the attempts opened.
     pub async fn open_attempts(
         &self,
         replica: &str,
-        claimed: &[(i64, i64, Option<DateTime<Utc>>, &'static str)],
+        lease_secs: f64,
+        items: &[Opening],
     ) -> Result<Vec<Attempt>, StoreError> {
-        let all_ids: Vec<i64> = claimed.iter().map(|c| c.0).collect();
-        let epochs: Vec<i64> = claimed.iter().map(|c| c.1).collect();
+        let all_ids: Vec<i64> = items.iter().map(|c| c.facts.credential_id).collect();
+        let epochs: Vec<i64> = items.iter().map(|c| c.lease_epoch).collect();
         let actor = format!("rekey/{replica}");
         let mut tx = self.pool().begin().await?;
-        // Fencing: only credentials still leased to us at the claimed epoch.
         let owned: Vec<i64> = sqlx::query_scalar(
-            "SELECT c.id FROM credentials c
-             JOIN unnest($1::bigint[], $2::bigint[]) AS u(id, epoch) ON c.id = u.id AND c.lease_epoch = u.epoch
-             WHERE c.lease_owner = $3 FOR UPDATE OF c",
+            "UPDATE credentials c SET lease_expires_at = now() + make_interval(secs => $3)
+             FROM unnest($1::bigint[], $2::bigint[]) AS u(id, epoch)
+             WHERE c.id = u.id AND c.lease_epoch = u.epoch AND c.lease_owner = $4
+             RETURNING c.id",
         )
         .bind(&all_ids)
         .bind(&epochs)
+        .bind(lease_secs)
         .bind(replica)
         .fetch_all(&mut *tx)
         .await?;
-        let claimed: Vec<_> = claimed.iter().filter(|c| owned.contains(&c.0)).collect();
-        let ids: Vec<i64> = claimed.iter().map(|c| c.0).collect();
-        let dues: Vec<Option<DateTime<Utc>>> = claimed.iter().map(|c| c.2).collect();
-        let triggers: Vec<&str> = claimed.iter().map(|c| c.3).collect();
-        let new_ids: Vec<Uuid> = claimed.iter().map(|_| Uuid::new_v4()).collect();
+        let items: Vec<&Opening> = items
+            .iter()
+            .filter(|c| owned.contains(&c.facts.credential_id))
+            .collect();
+        if items.is_empty() {
+            tx.commit().await?;
+            return Ok(vec![]);
+        }
+        let ids: Vec<i64> = items.iter().map(|c| c.facts.credential_id).collect();
+        let dues: Vec<Option<DateTime<Utc>>> = items.iter().map(|c| c.due_at).collect();
+        let triggers: Vec<&str> = items.iter().map(|c| c.trigger).collect();
+        let new_ids: Vec<Uuid> = items.iter().map(|_| Uuid::new_v4()).collect();
         sqlx::query(
             "UPDATE rotations SET status = 'abandoned', finished_at = now(),
                  error = coalesce(error, 'the replica running it lost its lease')
@@ -202,19 +236,36 @@ impl Store {
         .bind(replica)
         .execute(&mut *tx)
         .await?;
+        let vids: Vec<i64> = items.iter().map(|f| f.facts.version_id).collect();
+        let fps: Vec<&str> = items.iter().map(|f| f.facts.fingerprint.as_str()).collect();
+        let serials: Vec<Option<&str>> = items.iter().map(|f| f.facts.serial.as_deref()).collect();
+        let nbs: Vec<DateTime<Utc>> = items.iter().map(|f| f.facts.not_before).collect();
+        let nas: Vec<DateTime<Utc>> = items.iter().map(|f| f.facts.not_after).collect();
+        let details: Vec<serde_json::Value> =
+            items.iter().map(|f| f.facts.details.clone()).collect();
         let rows: Vec<(i64, Uuid, i64)> = sqlx::query_as(
             "WITH r AS (
-                SELECT id, credential_id FROM rotations WHERE credential_id = ANY($1) AND status = 'running'
+                SELECT id, credential_id FROM rotations WHERE credential_id = ANY($2) AND status = 'running'
              ), v AS (
-                INSERT INTO credential_versions (credential_id, status, rotation_id)
-                SELECT credential_id, 'pending', id FROM r
+                INSERT INTO credential_versions
+                    (id, credential_id, status, rotation_id, fingerprint, serial, not_before, not_after, details)
+                SELECT u.vid, u.cid, 'pending', r.id, u.fp, u.serial, u.nb, u.na, u.details
+                FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::timestamptz[],
+                            $6::timestamptz[], $7::jsonb[]) AS u(vid, cid, fp, serial, nb, na, details)
+                JOIN r ON r.credential_id = u.cid
                 RETURNING id, credential_id, rotation_id
              ), link AS (
                 UPDATE rotations SET version_id = v.id FROM v WHERE rotations.id = v.rotation_id
              )
              SELECT credential_id, rotation_id, id FROM v",
         )
+        .bind(&vids)
         .bind(&ids)
+        .bind(&fps)
+        .bind(&serials)
+        .bind(&nbs)
+        .bind(&nas)
+        .bind(&details)
         .fetch_all(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -226,53 +277,6 @@ impl Store {
                 version_id,
             })
             .collect())
-    }
-
-    /// Records the facts of issued versions and extends the leases of the
-    /// credentials still owned by `replica` at the given epochs. Returns the
-    /// ids of the credentials still owned: only those may be published.
-    pub async fn record_issued(
-        &self,
-        replica: &str,
-        lease_secs: f64,
-        facts: &[(VersionFacts, i64)],
-    ) -> Result<Vec<i64>, StoreError> {
-        let cids: Vec<i64> = facts.iter().map(|f| f.0.credential_id).collect();
-        let epochs: Vec<i64> = facts.iter().map(|f| f.1).collect();
-        let vids: Vec<i64> = facts.iter().map(|f| f.0.version_id).collect();
-        let fps: Vec<&str> = facts.iter().map(|f| f.0.fingerprint.as_str()).collect();
-        let serials: Vec<Option<&str>> = facts.iter().map(|f| f.0.serial.as_deref()).collect();
-        let nbs: Vec<DateTime<Utc>> = facts.iter().map(|f| f.0.not_before).collect();
-        let nas: Vec<DateTime<Utc>> = facts.iter().map(|f| f.0.not_after).collect();
-        let details: Vec<serde_json::Value> = facts.iter().map(|f| f.0.details.clone()).collect();
-        Ok(sqlx::query_scalar(
-            "WITH owned AS (
-                UPDATE credentials c SET lease_expires_at = now() + make_interval(secs => $3)
-                FROM unnest($1::bigint[], $2::bigint[]) AS u(id, epoch)
-                WHERE c.id = u.id AND c.lease_epoch = u.epoch AND c.lease_owner = $4
-                RETURNING c.id
-             ), v AS (
-                UPDATE credential_versions cv
-                SET fingerprint = u.fp, serial = u.serial, not_before = u.nb, not_after = u.na, details = u.details
-                FROM unnest($5::bigint[], $1::bigint[], $6::text[], $7::text[], $8::timestamptz[], $9::timestamptz[], $10::jsonb[])
-                     AS u(vid, cid, fp, serial, nb, na, details)
-                WHERE cv.id = u.vid AND cv.status = 'pending' AND u.cid IN (SELECT id FROM owned)
-                RETURNING cv.credential_id
-             )
-             SELECT credential_id FROM v",
-        )
-        .bind(&cids)
-        .bind(&epochs)
-        .bind(lease_secs)
-        .bind(replica)
-        .bind(&vids)
-        .bind(&fps)
-        .bind(&serials)
-        .bind(&nbs)
-        .bind(&nas)
-        .bind(&details)
-        .fetch_all(self.pool())
-        .await?)
     }
 
     /// Commits published versions in one transaction: fencing first (only
@@ -363,10 +367,10 @@ impl Store {
             .filter_map(|i| audit.get(i).cloned())
             .collect();
         super::audit::record_many(&mut *tx, &audit).await?;
-        let ids: Vec<String> = ok_rotations.iter().map(Uuid::to_string).collect();
-        sqlx::query("SELECT pg_notify($1, x) FROM unnest($2::text[]) AS x")
+        // Only "rotate now" callers wait on a rotation.
+        sqlx::query("SELECT pg_notify($1, id::text) FROM rotations WHERE id = ANY($2) AND trigger = 'manual'")
             .bind(DONE_CHANNEL)
-            .bind(&ids)
+            .bind(&ok_rotations)
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
@@ -376,6 +380,7 @@ impl Store {
     /// Records failed attempts (only where the lease is still held at the same epoch).
     pub async fn record_failures(
         &self,
+        replica: &str,
         items: &[Failure],
         audit: &[NewEvent],
     ) -> Result<(), StoreError> {
@@ -425,6 +430,42 @@ impl Store {
         .bind(&owned)
         .execute(&mut *tx)
         .await?;
+        // Attempts that failed before a rotation row was opened (issuing failed):
+        // a queued request fails with them, else a failed row records the attempt.
+        let unopened: Vec<usize> = (0..items.len())
+            .filter(|i| items[*i].rotation_id.is_none() && owned.contains(&cids[*i]))
+            .collect();
+        if !unopened.is_empty() {
+            let u_cids: Vec<i64> = unopened.iter().map(|i| cids[*i]).collect();
+            let u_errors: Vec<&str> = unopened.iter().map(|i| errors[*i]).collect();
+            let u_triggers: Vec<&str> = unopened.iter().map(|i| items[*i].trigger).collect();
+            let u_dues: Vec<Option<DateTime<Utc>>> =
+                unopened.iter().map(|i| items[*i].due_at).collect();
+            let u_ids: Vec<Uuid> = unopened.iter().map(|_| Uuid::new_v4()).collect();
+            sqlx::query(
+                "WITH queued AS (
+                    UPDATE rotations r SET status = 'failed', started_at = now(), finished_at = now(), error = u.err
+                    FROM unnest($1::bigint[], $2::text[]) AS u(cid, err)
+                    WHERE r.credential_id = u.cid AND r.status IN ('queued', 'running')
+                    RETURNING r.credential_id
+                 )
+                 INSERT INTO rotations (id, credential_id, trigger, requested_by, due_at, status, replica,
+                                        started_at, finished_at, error)
+                 SELECT u.rid, u.cid, u.trig, $6, u.due, 'failed', $7, now(), now(), u.err
+                 FROM unnest($3::uuid[], $1::bigint[], $4::text[], $5::timestamptz[], $2::text[])
+                      AS u(rid, cid, trig, due, err)
+                 WHERE u.cid NOT IN (SELECT credential_id FROM queued)",
+            )
+            .bind(&u_cids)
+            .bind(&u_errors)
+            .bind(&u_ids)
+            .bind(&u_triggers)
+            .bind(&u_dues)
+            .bind(format!("rekey/{replica}"))
+            .bind(replica)
+            .execute(&mut *tx)
+            .await?;
+        }
         super::audit::record_many(&mut *tx, audit).await?;
         let ids: Vec<String> = rids.iter().flatten().map(Uuid::to_string).collect();
         sqlx::query("SELECT pg_notify($1, x) FROM unnest($2::text[]) AS x")
