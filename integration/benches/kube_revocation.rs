@@ -31,7 +31,10 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 fn env_or(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn id_of(i: usize) -> String {
@@ -53,13 +56,27 @@ fn prepare(k: &KubeStandIn, n: usize) {
 }
 
 /// Records when each token Secret's deletion is seen (admin watch).
-async fn deletion_recorder(k: &KubeStandIn) -> (Arc<Mutex<HashMap<String, Instant>>>, tokio::task::JoinHandle<()>) {
+async fn deletion_recorder(
+    k: &KubeStandIn,
+) -> (
+    Arc<Mutex<HashMap<String, Instant>>>,
+    tokio::task::JoinHandle<()>,
+) {
     let api: Api<Secret> = Api::namespaced(k.admin_client().await, "kube-system");
-    let rv = api.list(&ListParams::default().limit(1)).await.expect("list").metadata.resource_version.expect("rv");
+    let rv = api
+        .list(&ListParams::default().limit(1))
+        .await
+        .expect("list")
+        .metadata
+        .resource_version
+        .expect("rv");
     let seen = Arc::new(Mutex::new(HashMap::new()));
     let s = seen.clone();
     let mut stream = api
-        .watch(&WatchParams::default().timeout(290).disable_bookmarks(), &rv)
+        .watch(
+            &WatchParams::default().timeout(290).disable_bookmarks(),
+            &rv,
+        )
         .await
         .expect("watch")
         .boxed();
@@ -67,7 +84,10 @@ async fn deletion_recorder(k: &KubeStandIn) -> (Arc<Mutex<HashMap<String, Instan
         while let Ok(Some(ev)) = stream.try_next().await {
             if let WatchEvent::Deleted(sec) = ev {
                 let name = sec.metadata.name.unwrap_or_default();
-                s.lock().expect("lock").insert(name.trim_start_matches("bootstrap-token-").to_string(), Instant::now());
+                s.lock().expect("lock").insert(
+                    name.trim_start_matches("bootstrap-token-").to_string(),
+                    Instant::now(),
+                );
             }
         }
     });
@@ -93,7 +113,11 @@ async fn register_nodes(k: &KubeStandIn, n: usize, rate: usize) -> HashMap<Strin
 async fn wait_all(seen: &Mutex<HashMap<String, Instant>>, n: usize, patience: Duration) {
     let start = Instant::now();
     while seen.lock().expect("lock").len() < n {
-        assert!(start.elapsed() < patience, "only {} of {n} tokens revoked", seen.lock().expect("lock").len());
+        assert!(
+            start.elapsed() < patience,
+            "only {} of {n} tokens revoked",
+            seen.lock().expect("lock").len()
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -133,9 +157,12 @@ async fn baseline(n: usize, rate: usize) -> Stats {
     let stop = CancellationToken::new();
     let s = stop.clone();
     let task = tokio::spawn(async move {
-        let mut nodes = watcher(Api::<PartialObjectMeta<Node>>::all(client), watcher::Config::default())
-            .default_backoff()
-            .boxed();
+        let mut nodes = watcher(
+            Api::<PartialObjectMeta<Node>>::all(client),
+            watcher::Config::default(),
+        )
+        .default_backoff()
+        .boxed();
         loop {
             tokio::select! {
                 _ = s.cancelled() => return,
@@ -164,27 +191,52 @@ async fn with_rekey(n: usize, rate: usize) -> Stats {
     prepare(&k, n);
     let (seen, rec) = deletion_recorder(&k).await;
     let stop = CancellationToken::new();
-    let watcher = tokio::spawn(bootstrap::run(db.store.clone(), k.client().await, BootstrapTokensConfig::default(), stop.clone()));
+    let watcher = tokio::spawn(bootstrap::run(
+        db.store.clone(),
+        k.client().await,
+        BootstrapTokensConfig::default(),
+        stop.clone(),
+    ));
     // Wait until every token and join is recorded: the measurement starts at node registration.
     let start = Instant::now();
     loop {
-        let joins: i64 = sqlx::query_scalar("SELECT count(*) FROM bootstrap_token_joins").fetch_one(db.pool()).await.expect("count");
-        let tokens: i64 = sqlx::query_scalar("SELECT count(*) FROM bootstrap_tokens").fetch_one(db.pool()).await.expect("count");
+        let joins: i64 = sqlx::query_scalar("SELECT count(*) FROM bootstrap_token_joins")
+            .fetch_one(db.pool())
+            .await
+            .expect("count");
+        let tokens: i64 = sqlx::query_scalar("SELECT count(*) FROM bootstrap_tokens")
+            .fetch_one(db.pool())
+            .await
+            .expect("count");
         if joins as usize == n && tokens as usize == n {
             break;
         }
-        assert!(start.elapsed() < Duration::from_secs(300), "discovery stalled at {tokens} tokens, {joins} joins");
+        assert!(
+            start.elapsed() < Duration::from_secs(300),
+            "discovery stalled at {tokens} tokens, {joins} joins"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    eprintln!("  rekey recorded {n} tokens and {n} joins in {:.1} s", start.elapsed().as_secs_f64());
+    eprintln!(
+        "  rekey recorded {n} tokens and {n} joins in {:.1} s",
+        start.elapsed().as_secs_f64()
+    );
     let registered = register_nodes(&k, n, rate).await;
     wait_all(&seen, n, Duration::from_secs(300)).await;
     stop.cancel();
     watcher.await.expect("join").expect("watcher");
     rec.abort();
-    let revoked: i64 = sqlx::query_scalar("SELECT count(*) FROM bootstrap_tokens WHERE state = 'revoked'").fetch_one(db.pool()).await.expect("count");
+    let revoked: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM bootstrap_tokens WHERE state = 'revoked'")
+            .fetch_one(db.pool())
+            .await
+            .expect("count");
     assert_eq!(revoked as usize, n);
-    let deletes = k.requests().iter().filter(|r| r.verb == "delete" && r.resource == "secrets").count();
+    let deletes = k
+        .requests()
+        .iter()
+        .filter(|r| r.verb == "delete" && r.resource == "secrets")
+        .count();
     assert_eq!(deletes, n, "one DELETE per token");
     let deleted = seen.lock().expect("lock").clone();
     stats(&registered, &deleted)
@@ -194,7 +246,10 @@ fn main() {
     rekey::install_crypto_provider();
     let n = env_or("REKEY_BENCH_TOKENS", 1000);
     let rate = env_or("REKEY_BENCH_RATE", 50);
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
     rt.block_on(async {
         eprintln!("kube_revocation: {n} tokens, {n} nodes registering at {rate}/s");
         let base = baseline(n, rate).await;

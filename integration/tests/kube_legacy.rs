@@ -67,7 +67,10 @@ async fn legacy_tokens_are_discovered_without_expiry() {
     let out = run(rekey().args(["status", "--database-url", &db.url]));
     let (_, table, err) = outcome(&out);
     assert!(table.contains("no-expiry"), "{table}");
-    assert!(format!("{table}{err}").contains("never expire"), "{table}{err}");
+    assert!(
+        format!("{table}{err}").contains("never expire"),
+        "{table}{err}"
+    );
 
     // Gone from the cluster: removed from the inventory.
     k.delete("Secret", "old", "old-sa-token").unwrap();
