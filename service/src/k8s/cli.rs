@@ -212,18 +212,20 @@ pub async fn run(cmd: TokenCommand) -> anyhow::Result<ExitCode> {
                 description,
                 policy: keep_until_expiry.then_some(model::Policy::KeepUntilExpiry),
             };
-            bootstrap::create(
-                &client,
-                store.as_ref(),
-                &btc,
-                &id,
-                &secret,
-                &spec,
-                Utc::now(),
-            )
-            .await
-            .context("creating the bootstrap token")?;
+            let created = bootstrap::create(&client, &id, &secret, &spec, Utc::now())
+                .await
+                .context("creating the bootstrap token")?;
+            // The Secret exists: print the token now, whatever happens next.
             println!("{id}.{}", secret.expose_secret());
+            if let Some(store) = &store
+                && let Err(e) =
+                    bootstrap::record_created(store, &btc, &created, &format!("cli/{}", whoami()))
+                        .await
+            {
+                eprintln!(
+                    "warning: token {id} created but not recorded in Postgres ({e}); the bootstrap watcher will find it"
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }
     }

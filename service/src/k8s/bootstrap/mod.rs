@@ -142,36 +142,42 @@ pub async fn revoke(
     }
 }
 
-/// Writes a new token's Secret as kubeadm does (and records it when a store
-/// is given). Returns the token id; the caller prints the token once.
+/// Writes a new token's Secret as kubeadm does. The caller prints the
+/// token once this returns, then [`record_created`]s it.
 pub async fn create(
     client: &kube::Client,
-    store: Option<&Store>,
-    config: &BootstrapTokensConfig,
     id: &str,
     secret: &secrecy::SecretString,
     spec: &model::NewTokenSpec,
     now: DateTime<Utc>,
-) -> Result<(), K8sError> {
+) -> Result<Secret, K8sError> {
     let obj = model::kubeadm_secret(id, secret, spec, now);
-    let created = call(
+    call(
         format!("create secret kube-system/{}{id}", model::SECRET_PREFIX),
         kube_system_secrets(client).create(&PostParams::default(), &obj),
     )
-    .await?;
-    if let Some(store) = store {
-        let info = model::token_from_secret(&created).map_err(K8sError::Invalid)?;
-        let policy = model::effective_policy(info.policy_label, id, config);
-        db::upsert_token(store, &info, policy).await?;
-        let mut ev = NewEvent::new(
-            "rekey/cli",
-            "bootstrap_token.create",
-            format!("bootstrap-token/{id}"),
-            Outcome::Success,
-        );
-        ev.details = serde_json::json!({"expiration": info.expiration, "groups": info.groups, "usages": info.usages});
-        store.audit(ev).await?;
-    }
+    .await
+}
+
+/// Records a token made by [`create`] (the watcher would find it too) and
+/// audits its creation.
+pub async fn record_created(
+    store: &Store,
+    config: &BootstrapTokensConfig,
+    created: &Secret,
+    actor: &str,
+) -> Result<(), K8sError> {
+    let info = model::token_from_secret(created).map_err(K8sError::Invalid)?;
+    let policy = model::effective_policy(info.policy_label, &info.id, config);
+    db::upsert_token(store, &info, policy).await?;
+    let mut ev = NewEvent::new(
+        actor,
+        "bootstrap_token.create",
+        format!("bootstrap-token/{}", info.id),
+        Outcome::Success,
+    );
+    ev.details = serde_json::json!({"expiration": info.expiration, "groups": info.groups, "usages": info.usages, "policy": policy.as_str()});
+    store.audit(ev).await?;
     Ok(())
 }
 
