@@ -425,14 +425,19 @@ async fn consumer_restarts_are_rate_limited() {
 async fn serve_revokes_a_bootstrap_token_after_join() {
     let s = Scenario::new().await;
     let k = KubeStandIn::start();
+    // No [kubernetes] section: KUBECONFIG (the --kubeconfig flag's variable) says where.
     let config = format!(
-        "{}{}[bootstrap_tokens]\nrevoke_after_join = true\nmax_age = \"24h\"\n",
+        "{}[bootstrap_tokens]\nrevoke_after_join = true\nmax_age = \"24h\"\n",
         s.config_head(""),
-        kube_section(&k, ""),
     );
     let config = s.write_config("rekey.toml", &config);
-    let server = s.serve(&config, &[]);
-    let out = run(rekey().args(["token", "create", "--config"]).arg(&config));
+    let kubeconfig = k.kubeconfig().display().to_string();
+    let server = s.serve(&config, &[("KUBECONFIG", &kubeconfig)]);
+    let out = run(rekey()
+        .args(["token", "create", "--config"])
+        .arg(&config)
+        .arg("--kubeconfig")
+        .arg(&kubeconfig));
     let (code, token, err) = outcome(&out);
     assert_eq!(code, 0, "{err}");
     let token = token.trim().to_string();

@@ -67,6 +67,9 @@ pub struct ServeArgs {
     /// The configuration file.
     #[arg(long, env = "REKEY_CONFIG")]
     pub config: PathBuf,
+    /// How to reach Kubernetes (overrides `[kubernetes]` in the file).
+    #[command(flatten)]
+    pub kube: crate::k8s::cli::KubeArgs,
 }
 
 /// `rekey rotate`
@@ -133,7 +136,7 @@ pub fn main() -> ExitCode {
 
 async fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Serve(args) => crate::runtime::serve(&args.config).await,
+        Command::Serve(args) => crate::runtime::serve(&args.config, &args.kube).await,
         Command::Dev(args) => crate::runtime::dev::run(args).await,
         Command::Status(args) => status::run(args).await,
         Command::Ca(cmd) => ca::run(cmd),

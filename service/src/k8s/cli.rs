@@ -23,13 +23,34 @@ pub struct KubeArgs {
 }
 
 impl KubeArgs {
+    /// The kubeconfig named by the flag or `KUBECONFIG`, if it is one file
+    /// (a `:`-separated list is left to the client's own inference).
+    fn single_path(&self) -> Option<PathBuf> {
+        self.kubeconfig
+            .clone()
+            .filter(|p| !p.as_os_str().is_empty() && !p.to_string_lossy().contains(':'))
+    }
+
+    /// Puts the flags into a loaded config's `[kubernetes]` (they win over the file).
+    pub fn apply(&self, config: &mut Config) {
+        let path = self.single_path();
+        if path.is_none() && self.context.is_none() {
+            return;
+        }
+        let k = config.kubernetes.get_or_insert_with(Default::default);
+        if let Some(p) = path {
+            k.kubeconfig = Some(p);
+        }
+        if let Some(c) = &self.context {
+            k.context = Some(c.clone());
+        }
+    }
+
     /// The client: flags first, then the config file's `[kubernetes]`, then inference.
     pub async fn client(&self, config: Option<&Config>) -> anyhow::Result<kube::Client> {
         let from_file = config.and_then(|c| c.kubernetes.as_ref());
         let path = self
-            .kubeconfig
-            .clone()
-            .filter(|p| !p.as_os_str().is_empty() && !p.to_string_lossy().contains(':'))
+            .single_path()
             .or_else(|| from_file.and_then(|k| k.kubeconfig.clone()));
         let context = self
             .context

@@ -206,8 +206,12 @@ pub fn shutdown_on_signals() -> CancellationToken {
 }
 
 /// `rekey serve --config FILE`
-pub async fn serve(config_path: &Path) -> anyhow::Result<ExitCode> {
-    let config = Config::load(config_path).bad_input()?;
+pub async fn serve(
+    config_path: &Path,
+    kube: &crate::k8s::cli::KubeArgs,
+) -> anyhow::Result<ExitCode> {
+    let mut config = Config::load(config_path).bad_input()?;
+    kube.apply(&mut config);
     let shutdown = shutdown_on_signals();
     let running = start(config, shutdown).await?;
     running.wait().await?;
