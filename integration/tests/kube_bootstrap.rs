@@ -383,6 +383,27 @@ async fn token_cli_revoke_and_bad_input() {
         "{exp}"
     );
 
+    // Live tokens show in `rekey status` with their expiry.
+    let status = || {
+        let out = run(rekey().args(["status", "--json", "--database-url", &db.url]));
+        let (code, stdout, err) = outcome(&out);
+        assert_eq!(code, 0, "{err}");
+        serde_json::from_str::<serde_json::Value>(&stdout).unwrap()
+    };
+    let v = status();
+    let row = v["credentials"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == format!("bootstrap-token/{id}"))
+        .cloned()
+        .expect("the token in rekey status");
+    assert_eq!(
+        (row["kind"].as_str(), row["state"].as_str()),
+        (Some("bootstrap_token"), Some("valid"))
+    );
+    assert!(row["not_after"].is_string());
+
     let revoke = |id: &str| {
         run(rekey()
             .args(["token", "revoke", id, "--kubeconfig"])
@@ -402,6 +423,15 @@ async fn token_cli_revoke_and_bad_input() {
         ("revoked", Some("manual"))
     );
     assert_eq!(revoke_events(&db, &id).await, 1);
+    let v = status();
+    assert!(
+        !v["credentials"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["name"] == format!("bootstrap-token/{id}")),
+        "a revoked token leaves rekey status: {v}"
+    );
 
     // A token rekey never saw is read from the cluster, then revoked.
     let (secret, _) = fixtures::bootstrap_secret("fresh1", None, None);
