@@ -17,6 +17,7 @@ command -v etcd >/dev/null || need_apt+=(etcd-server)
 command -v etcdctl >/dev/null || need_apt+=(etcd-client)
 command -v age >/dev/null || need_apt+=(age)
 command -v openssl >/dev/null || need_apt+=(openssl)
+command -v npm >/dev/null || need_apt+=(npm)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_apt+=(postgresql)
 if [ ${#need_apt[@]} -gt 0 ]; then
   log "installing ${need_apt[*]}"
@@ -34,6 +35,12 @@ fi
 "$venv/bin/pip" install -q --disable-pip-version-check -r integration/requirements.txt
 export PATH="$venv/bin:$PATH"
 export REKEY_TEST_PYTHON="$venv/bin/python"
+
+# --- Azurite (Azure Blob Storage emulator, for the az:// backup test) -------
+if [ ! -x "$root/target/node/node_modules/.bin/azurite-blob" ]; then
+  log "installing azurite into target/node"
+  npm install --prefix "$root/target/node" --no-audit --no-fund --loglevel=error azurite@3 >/dev/null
+fi
 
 # --- Rust ----------------------------------------------------------------
 log "cargo fmt --check"

@@ -10,4 +10,5 @@ pub mod bin;
 pub mod etcd;
 pub mod kube;
 pub mod pg;
+pub mod s3;
 pub mod serve;

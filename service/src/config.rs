@@ -491,6 +491,17 @@ impl Config {
         for s in &mut self.scans {
             fix(&mut s.dir);
         }
+        if let Some(b) = &mut self.backup {
+            fix(&mut b.kek_file);
+        }
+        if let Some(e) = &mut self.etcd {
+            for p in [&mut e.ca_cert, &mut e.client_cert, &mut e.client_key]
+                .into_iter()
+                .flatten()
+            {
+                fix(p);
+            }
+        }
         if let Some(k) = &mut self.kubernetes
             && let Some(p) = &mut k.kubeconfig
         {

@@ -56,7 +56,7 @@ enum Command {
     Etcd(EtcdCommand),
     /// Encrypted etcd backups.
     #[command(subcommand)]
-    Backup(BackupCommand),
+    Backup(crate::backup::cli::BackupCommand),
     /// Apply database migrations.
     Migrate(db::DbArgs),
 }
@@ -93,12 +93,6 @@ enum EtcdCommand {
         #[arg(long)]
         encryption_config: PathBuf,
     },
-}
-
-#[derive(Debug, Subcommand)]
-enum BackupCommand {
-    /// Snapshot etcd, encrypt and upload.
-    Run,
 }
 
 /// Entry point of the binary: parses arguments, runs, maps errors to exit codes.
@@ -142,7 +136,8 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Ca(cmd) => ca::run(cmd),
         Command::Migrate(args) => db::migrate(args).await,
         Command::Token(cmd) => crate::k8s::cli::run(cmd).await,
-        Command::Rotate(_) | Command::Etcd(_) | Command::Backup(_) => {
+        Command::Backup(cmd) => crate::backup::cli::run(cmd).await,
+        Command::Rotate(_) | Command::Etcd(_) => {
             anyhow::bail!("this command is not available in this build yet")
         }
     }

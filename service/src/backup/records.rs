@@ -1,0 +1,201 @@
+//! The `backups` table: one row per `backup run` (migration `0003_backups.sql`).
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use uuid::Uuid;
+
+use crate::store::{Store, StoreError};
+
+/// A backup as recorded. This is also the JSON of `rekey backup list --json`
+/// and of `GET /v1/backups` (field names are stable).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+pub struct BackupRecord {
+    /// The backup id (in the object's header).
+    pub id: Uuid,
+    /// Where the encrypted object is.
+    pub location: String,
+    /// `running`, `completed`, `failed` or `pruned`.
+    pub status: String,
+    /// `etcd`.
+    pub source: String,
+    /// Who asked for it.
+    pub requested_by: String,
+    /// When it started.
+    pub started_at: DateTime<Utc>,
+    /// When it finished.
+    pub finished_at: Option<DateTime<Utc>>,
+    /// Ciphertext bytes.
+    pub size_bytes: Option<i64>,
+    /// Hex SHA-256 of the ciphertext.
+    pub sha256: Option<String>,
+    /// Plaintext (snapshot) bytes.
+    pub plaintext_bytes: Option<i64>,
+    /// The KEK that wraps the data key.
+    pub kek_id: String,
+    /// Plaintext bytes per chunk.
+    pub chunk_size: i32,
+    /// etcd's revision at snapshot time.
+    pub etcd_revision: Option<i64>,
+    /// Why it failed.
+    pub error: Option<String>,
+    /// When `prune` deleted the object.
+    pub pruned_at: Option<DateTime<Utc>>,
+}
+
+const COLUMNS: &str = "id, location, status, source, requested_by, started_at, finished_at, \
+     size_bytes, sha256, plaintext_bytes, kek_id, chunk_size, etcd_revision, error, pruned_at";
+
+/// A backup about to start.
+#[derive(Debug, Clone)]
+pub struct NewBackup {
+    /// Its id.
+    pub id: Uuid,
+    /// Where it will be written.
+    pub location: String,
+    /// Who asked.
+    pub requested_by: String,
+    /// The KEK id.
+    pub kek_id: String,
+    /// Chunk size.
+    pub chunk_size: i32,
+}
+
+/// What a finished backup produced.
+#[derive(Debug, Clone)]
+pub struct Finished {
+    /// Ciphertext bytes.
+    pub size_bytes: i64,
+    /// Hex SHA-256 of the ciphertext.
+    pub sha256: String,
+    /// Plaintext bytes.
+    pub plaintext_bytes: i64,
+    /// etcd's revision when the snapshot was taken.
+    pub etcd_revision: i64,
+}
+
+/// Records a backup as `running`.
+pub async fn insert_running(store: &Store, b: &NewBackup) -> Result<BackupRecord, StoreError> {
+    Ok(
+        sqlx::query_as::<_, BackupRecord>(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO backups (id, location, status, requested_by, kek_id, chunk_size)
+         VALUES ($1, $2, 'running', $3, $4, $5)
+         RETURNING {COLUMNS}"
+        )))
+        .bind(b.id)
+        .bind(&b.location)
+        .bind(&b.requested_by)
+        .bind(&b.kek_id)
+        .bind(b.chunk_size)
+        .fetch_one(store.pool())
+        .await?,
+    )
+}
+
+/// Marks a running backup `completed` with what it produced.
+pub async fn mark_completed(
+    store: &Store,
+    id: Uuid,
+    f: &Finished,
+) -> Result<BackupRecord, StoreError> {
+    Ok(
+        sqlx::query_as::<_, BackupRecord>(sqlx::AssertSqlSafe(format!(
+            "UPDATE backups SET status = 'completed', finished_at = now(),
+                size_bytes = $2, sha256 = $3, plaintext_bytes = $4, etcd_revision = $5
+         WHERE id = $1 RETURNING {COLUMNS}"
+        )))
+        .bind(id)
+        .bind(f.size_bytes)
+        .bind(&f.sha256)
+        .bind(f.plaintext_bytes)
+        .bind(f.etcd_revision)
+        .fetch_one(store.pool())
+        .await?,
+    )
+}
+
+/// Marks a running backup `failed` with the reason.
+pub async fn mark_failed(store: &Store, id: Uuid, error: &str) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE backups SET status = 'failed', finished_at = now(), error = $2 WHERE id = $1",
+    )
+    .bind(id)
+    .bind(error)
+    .execute(store.pool())
+    .await?;
+    Ok(())
+}
+
+/// Marks a completed backup `pruned` (its object was deleted).
+pub async fn mark_pruned(store: &Store, id: Uuid) -> Result<(), StoreError> {
+    sqlx::query("UPDATE backups SET status = 'pruned', pruned_at = now() WHERE id = $1")
+        .bind(id)
+        .execute(store.pool())
+        .await?;
+    Ok(())
+}
+
+/// Records a re-wrapped object: new KEK id and ciphertext hash.
+pub async fn update_envelope(
+    store: &Store,
+    id: Uuid,
+    kek_id: &str,
+    sha256: &str,
+    size_bytes: i64,
+) -> Result<bool, StoreError> {
+    let done = sqlx::query(
+        "UPDATE backups SET kek_id = $2, sha256 = $3, size_bytes = $4
+         WHERE id = $1 AND status <> 'pruned'",
+    )
+    .bind(id)
+    .bind(kek_id)
+    .bind(sha256)
+    .bind(size_bytes)
+    .execute(store.pool())
+    .await?;
+    Ok(done.rows_affected() > 0)
+}
+
+/// Which backups to list.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ListFilter {
+    /// Include pruned backups.
+    pub include_pruned: bool,
+    /// Only completed backups.
+    pub completed_only: bool,
+    /// At most this many, newest first (0: all).
+    pub limit: i64,
+}
+
+/// Backups, newest first.
+pub async fn list(store: &Store, filter: ListFilter) -> Result<Vec<BackupRecord>, StoreError> {
+    let limit = if filter.limit > 0 {
+        filter.limit
+    } else {
+        i64::MAX
+    };
+    Ok(
+        sqlx::query_as::<_, BackupRecord>(sqlx::AssertSqlSafe(format!(
+            "SELECT {COLUMNS} FROM backups
+         WHERE ($1 OR status <> 'pruned') AND (NOT $2 OR status = 'completed')
+         ORDER BY started_at DESC, id
+         LIMIT $3"
+        )))
+        .bind(filter.include_pruned)
+        .bind(filter.completed_only)
+        .bind(limit)
+        .fetch_all(store.pool())
+        .await?,
+    )
+}
+
+/// One backup by id.
+pub async fn get(store: &Store, id: Uuid) -> Result<Option<BackupRecord>, StoreError> {
+    Ok(
+        sqlx::query_as::<_, BackupRecord>(sqlx::AssertSqlSafe(format!(
+            "SELECT {COLUMNS} FROM backups WHERE id = $1"
+        )))
+        .bind(id)
+        .fetch_optional(store.pool())
+        .await?,
+    )
+}
