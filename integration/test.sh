@@ -18,6 +18,7 @@ command -v etcdctl >/dev/null || need_apt+=(etcd-client)
 command -v age >/dev/null || need_apt+=(age)
 command -v openssl >/dev/null || need_apt+=(openssl)
 command -v npm >/dev/null || need_apt+=(npm)
+[ -x /usr/bin/time ] || need_apt+=(time)   # etcd memory test and benchmark: peak RSS
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_apt+=(postgresql)
 if [ ${#need_apt[@]} -gt 0 ]; then
   log "installing ${need_apt[*]}"

@@ -149,6 +149,7 @@ impl Etcd {
             ca_cert: self.tls.as_ref().map(|t| t.ca_cert.clone()),
             client_cert: self.tls.as_ref().map(|t| t.client_cert.clone()),
             client_key: self.tls.as_ref().map(|t| t.client_key.clone()),
+            ..Default::default()
         }
     }
 

@@ -8,6 +8,7 @@
 
 pub mod bin;
 pub mod etcd;
+pub mod k8s_values;
 pub mod kube;
 pub mod pg;
 pub mod s3;

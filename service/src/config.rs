@@ -495,9 +495,14 @@ impl Config {
             fix(&mut b.kek_file);
         }
         if let Some(e) = &mut self.etcd {
-            for p in [&mut e.ca_cert, &mut e.client_cert, &mut e.client_key]
-                .into_iter()
-                .flatten()
+            for p in [
+                &mut e.ca_cert,
+                &mut e.client_cert,
+                &mut e.client_key,
+                &mut e.encryption_config,
+            ]
+            .into_iter()
+            .flatten()
             {
                 fix(p);
             }

@@ -53,7 +53,7 @@ enum Command {
     Token(crate::k8s::cli::TokenCommand),
     /// etcd encryption at rest.
     #[command(subcommand)]
-    Etcd(EtcdCommand),
+    Etcd(crate::etcd::cli::EtcdCommand),
     /// Encrypted etcd backups.
     #[command(subcommand)]
     Backup(crate::backup::cli::BackupCommand),
@@ -83,16 +83,6 @@ pub struct RotateArgs {
     /// Why, for the audit record.
     #[arg(long)]
     pub reason: Option<String>,
-}
-
-#[derive(Debug, Subcommand)]
-enum EtcdCommand {
-    /// Check the EncryptionConfiguration and what etcd really stores.
-    Verify {
-        /// The EncryptionConfiguration file.
-        #[arg(long)]
-        encryption_config: PathBuf,
-    },
 }
 
 /// Entry point of the binary: parses arguments, runs, maps errors to exit codes.
@@ -136,8 +126,9 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Ca(cmd) => ca::run(cmd),
         Command::Migrate(args) => db::migrate(args).await,
         Command::Token(cmd) => crate::k8s::cli::run(cmd).await,
+        Command::Etcd(cmd) => crate::etcd::cli::run(cmd).await,
         Command::Backup(cmd) => crate::backup::cli::run(cmd).await,
-        Command::Rotate(_) | Command::Etcd(_) => {
+        Command::Rotate(_) => {
             anyhow::bail!("this command is not available in this build yet")
         }
     }
