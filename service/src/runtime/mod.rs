@@ -6,6 +6,7 @@
 //! ended and why.
 
 pub mod dev;
+pub mod leader;
 
 use std::{path::Path, process::ExitCode, sync::Arc, time::Duration};
 
