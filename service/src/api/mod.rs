@@ -266,37 +266,9 @@ pub enum ApiError {
         "api.token_review = true needs a Kubernetes client (in-cluster config or [kubernetes].kubeconfig)"
     )]
     NoKubeClient,
-    /// No usable Kubernetes client configuration.
-    #[error("api.token_review: cannot build a Kubernetes client: {0}")]
-    Kube(String),
     /// A server task failed.
     #[error("admin API server: {0}")]
     Server(String),
-}
-
-/// A Kubernetes client for TokenReview/SubjectAccessReview: the kubeconfig of
-/// `[kubernetes]` if given, else `KUBECONFIG`, else the in-cluster config.
-pub async fn kube_client(
-    k: Option<&crate::config::KubernetesConfig>,
-) -> Result<kube::Client, ApiError> {
-    let err = |e: String| ApiError::Kube(e);
-    let config = match k.and_then(|k| k.kubeconfig.as_ref()) {
-        Some(path) => {
-            let kc = kube::config::Kubeconfig::read_from(path)
-                .map_err(|e| err(format!("{}: {e}", path.display())))?;
-            let opts = kube::config::KubeConfigOptions {
-                context: k.and_then(|k| k.context.clone()),
-                ..Default::default()
-            };
-            kube::Config::from_custom_kubeconfig(kc, &opts)
-                .await
-                .map_err(|e| err(format!("{}: {e}", path.display())))?
-        }
-        None => kube::Config::infer()
-            .await
-            .map_err(|e| err(e.to_string()))?,
-    };
-    kube::Client::try_from(config).map_err(|e| err(e.to_string()))
 }
 
 /// Everything the handlers share.
@@ -341,7 +313,6 @@ impl ApiError {
                 | Self::Missing(_)
                 | Self::BadListen { .. }
                 | Self::NoKubeClient
-                | Self::Kube(_)
         )
     }
 }

@@ -6,6 +6,7 @@
 //! ended and why.
 
 pub mod dev;
+pub mod leader;
 
 use std::{path::Path, process::ExitCode, sync::Arc, time::Duration};
 
@@ -108,7 +109,15 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         .replica_id
         .clone()
         .unwrap_or_else(crate::rotate::default_replica_id);
-    let sinks = SinkContext::default();
+    let kube = crate::k8s::wiring::Kube::connect_if_needed(&config)
+        .await
+        .map_err(|e| match e {
+            e @ crate::k8s::K8sError::Config(_) => anyhow::Error::new(BadInput::new(e)),
+            e => anyhow::Error::new(e),
+        })?;
+    let sinks = SinkContext {
+        kube: kube.as_ref().map(|k| k.client.clone()),
+    };
     let jitter = Jitter {
         max: config.engine.max_jitter.chrono(),
         fraction: config.engine.jitter_fraction,
@@ -128,8 +137,8 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         config: config.engine.clone(),
         ca,
         sinks,
-        tokens: None,
-        reload: None,
+        tokens: kube.as_ref().map(|k| k.token_issuer()),
+        reload: kube.as_ref().map(|k| k.reload()),
     });
     // Subscribed before the engine starts: a watch value sent while nobody
     // listens is dropped, and /readyz would never see the engine running.
@@ -145,8 +154,12 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
             )
         });
     }
+    if let Some(k) = &kube {
+        k.spawn_jobs(&config, &store, &shutdown, &mut tasks);
+    }
     if config.api.is_some() || config.metrics.is_some() {
-        let running = start_api(&config, &store, engine_alive, shutdown.clone()).await?;
+        let client = kube.as_ref().map(|k| k.client.clone());
+        let running = start_api(&config, &store, engine_alive, client, shutdown.clone()).await?;
         tasks.spawn(async move { ("api", running.wait().await.map_err(anyhow::Error::from)) });
     }
     if !config.scans.is_empty() {
@@ -180,6 +193,7 @@ pub async fn start_api(
     config: &Config,
     store: &Store,
     engine_alive: tokio::sync::watch::Receiver<bool>,
+    kube: Option<kube::Client>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<crate::api::Running> {
     let mut state = crate::api::ApiState::new(store.clone(), engine_alive);
@@ -188,11 +202,14 @@ pub async fn start_api(
         backup: config.backup.clone(),
     });
     if config.api.as_ref().is_some_and(|a| a.token_review) {
-        state.kube = Some(
-            crate::api::kube_client(config.kubernetes.as_ref())
-                .await
-                .map_err(BadInput::new)?,
-        );
+        state.kube = match kube {
+            Some(c) => Some(c),
+            None => Some(
+                crate::k8s::client_for(config.kubernetes.as_ref())
+                    .await
+                    .map_err(|e| BadInput::msg(format!("api.token_review: {e}")))?,
+            ),
+        };
     }
     crate::api::start(
         state,
@@ -239,8 +256,12 @@ pub fn shutdown_on_signals() -> CancellationToken {
 }
 
 /// `rekey serve --config FILE`
-pub async fn serve(config_path: &Path) -> anyhow::Result<ExitCode> {
-    let config = Config::load(config_path).bad_input()?;
+pub async fn serve(
+    config_path: &Path,
+    kube: &crate::k8s::cli::KubeArgs,
+) -> anyhow::Result<ExitCode> {
+    let mut config = Config::load(config_path).bad_input()?;
+    kube.apply(&mut config);
     let shutdown = shutdown_on_signals();
     let running = start(config, shutdown).await?;
     running.wait().await?;
