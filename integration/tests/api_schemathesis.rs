@@ -43,6 +43,11 @@ async fn schemathesis_finds_no_server_errors_or_schema_violations() {
         &etcd,
         pki.dir.path(),
     ));
+    let kube = rekey_integration::kube::KubeStandIn::start();
+    certs.push_str(&format!(
+        "\n[kubernetes]\nkubeconfig = \"{}\"\n",
+        kube.kubeconfig().display()
+    ));
     let serve = Serve::start(&db, &pki, "", &certs).await;
     let (cert, key) = pki.client_files("admin");
     let doc = pki

@@ -280,7 +280,8 @@ pub struct ApiState {
     pub engine_alive: watch::Receiver<bool>,
     /// Renders the process's metrics (see [`crate::telemetry::install_metrics_recorder`]).
     pub metrics: PrometheusHandle,
-    /// For TokenReview/SubjectAccessReview (needed when `token_review = true`).
+    /// The Kubernetes client: TokenReview/SubjectAccessReview (needed when
+    /// `token_review = true`) and bootstrap-token revocation.
     pub kube: Option<kube::Client>,
     /// Capabilities the API exposes when their modules provide them.
     pub capabilities: Arc<Capabilities>,
@@ -301,6 +302,8 @@ pub struct Capabilities {
     pub etcd: Option<crate::etcd::EtcdConfig>,
     /// `[backup]`, for `GET`/`POST /v1/backups`.
     pub backup: Option<crate::backup::BackupConfig>,
+    /// `[bootstrap_tokens]`, for `POST /v1/bootstrap-tokens/{id}/revoke`.
+    pub bootstrap_tokens: Option<crate::k8s::BootstrapTokensConfig>,
 }
 
 impl ApiError {

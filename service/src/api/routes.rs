@@ -981,32 +981,40 @@ async fn get_rotation(
 }
 
 /// Operations that answer 501 in this build (their capability is not wired).
-pub const NOT_WIRED: &[&str] = &["list_bootstrap_tokens", "revoke_bootstrap_token"];
-
-fn not_landed(what: &str, module: &str) -> HttpError {
-    HttpError::NotImplemented(format!(
-        "{what} is not available in this build of rekey yet (the `{module}` module does not provide it)"
-    ))
-}
+pub const NOT_WIRED: &[&str] = &[];
 
 #[utoipa::path(get, path = "/v1/bootstrap-tokens", tag = "bootstrap-tokens",
-    responses(
-        (status = 200, description = "Tracked bootstrap tokens", body = Object),
-        (status = 501, description = "Not in this build", body = Problem, content_type = "application/problem+json")))]
+    responses((status = 200, description = "Tracked bootstrap tokens with the nodes that joined with them: `{\"tokens\": [...]}` (as `rekey token list --json`)", body = Object)))]
 async fn list_bootstrap_tokens(State(s): State<Shared>, req: Req) -> Result<Response, HttpError> {
     s.authorize(&req, Action::ListBootstrapTokens, None, None)
         .await?;
-    Err(not_landed("listing bootstrap tokens", "k8s"))
+    use crate::k8s::bootstrap::db;
+    let tokens = db::tokens(&s.api.store).await?;
+    let joins = db::all_joins(&s.api.store).await?;
+    let mut out = Vec::with_capacity(tokens.len());
+    for t in &tokens {
+        let mut v = serde_json::to_value(t)
+            .map_err(|e| HttpError::internal("a token row could not be shown", e))?;
+        v["joins"] = serde_json::to_value(
+            joins
+                .iter()
+                .filter(|j| j.token_id == t.id)
+                .collect::<Vec<_>>(),
+        )
+        .map_err(|e| HttpError::internal("a join row could not be shown", e))?;
+        out.push(v);
+    }
+    Ok(Json(serde_json::json!({ "tokens": out })).into_response())
 }
 
 #[utoipa::path(post, path = "/v1/bootstrap-tokens/{id}/revoke", tag = "bootstrap-tokens",
-    params(("id" = String, Path, description = "Token id (6 characters)")),
-    request_body(content = Option<RotateRequest>, content_type = "application/json", description = "Optional reason"),
+    params(("id" = String, Path, description = "Token id (the 6 characters before the dot)", min_length = 6, max_length = 6)),
+    request_body(content = Option<RotateRequest>, content_type = "application/json", description = "Optional reason for the audit record"),
     responses(
-        (status = 200, description = "Revoked", body = Object),
-        (status = 404, description = "No such token", body = Problem, content_type = "application/problem+json"),
+        (status = 200, description = "`{\"id\", \"outcome\": \"revoked\" | \"not-live\", \"state\"}`", body = Object),
+        (status = 404, description = "No such token in Postgres or the cluster", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "The body is not JSON", body = Problem, content_type = "application/problem+json"),
-        (status = 501, description = "Not in this build", body = Problem, content_type = "application/problem+json")))]
+        (status = 501, description = "No Kubernetes client is configured on this server", body = Problem, content_type = "application/problem+json")))]
 async fn revoke_bootstrap_token(
     State(s): State<Shared>,
     req: Req,
@@ -1024,10 +1032,46 @@ async fn revoke_bootstrap_token(
     let caller = s
         .authorize(&req, action, Some(&id), reason.as_deref())
         .await?;
-    let result: Result<(Response, serde_json::Value), HttpError> = match parsed {
-        Err(e) => Err(e),
-        Ok(_) => Err(not_landed("revoking bootstrap tokens", "k8s")),
-    };
+    let result = async {
+        parsed?;
+        if id.len() != 6 || !id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()) {
+            return Err(HttpError::BadRequest(format!(
+                "`{id}` is not a bootstrap token id ([a-z0-9]{{6}})"
+            )));
+        }
+        let client = s.api.kube.clone().ok_or_else(|| {
+            HttpError::NotImplemented(
+                "bootstrap tokens cannot be revoked here: no Kubernetes client is configured ([kubernetes] or in-cluster)".into(),
+            )
+        })?;
+        let config = s.api.capabilities.bootstrap_tokens.clone().unwrap_or_default();
+        let outcome = crate::k8s::bootstrap::revoke(
+            &s.api.store,
+            &client,
+            &config,
+            &id,
+            "manual",
+            None,
+            &caller.actor,
+        )
+        .await
+        .map_err(|e| HttpError::Unavailable(format!("the Kubernetes API could not complete the revocation: {e}")))?;
+        let body = match outcome {
+            crate::k8s::bootstrap::RevokeOutcome::Revoked => {
+                serde_json::json!({ "id": id, "outcome": "revoked", "state": "revoked" })
+            }
+            crate::k8s::bootstrap::RevokeOutcome::NotLive(state) => {
+                serde_json::json!({ "id": id, "outcome": "not-live", "state": state })
+            }
+            crate::k8s::bootstrap::RevokeOutcome::Unknown => {
+                return Err(HttpError::NotFound(format!(
+                    "no bootstrap token `{id}`: not tracked and no secret kube-system/bootstrap-token-{id}"
+                )));
+            }
+        };
+        Ok((Json(body.clone()).into_response(), body))
+    }
+    .await;
     s.audit(&req, &caller, action, &id, reason.as_deref(), result)
         .await
 }

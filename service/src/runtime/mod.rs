@@ -200,7 +200,9 @@ pub async fn start_api(
     state.capabilities = Arc::new(crate::api::Capabilities {
         etcd: config.etcd.clone(),
         backup: config.backup.clone(),
+        bootstrap_tokens: config.bootstrap_tokens.clone(),
     });
+    state.kube = kube.clone();
     if config.api.as_ref().is_some_and(|a| a.token_review) {
         state.kube = match kube {
             Some(c) => Some(c),
