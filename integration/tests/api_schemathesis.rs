@@ -77,6 +77,8 @@ async fn schemathesis_finds_no_server_errors_or_schema_violations() {
     }
     for (label, checks, filter) in runs {
         let mut cmd = Command::new(&tool);
+        // Its cache (.schemathesis/) goes into the temp dir, not the source tree.
+        cmd.current_dir(pki.dir.path());
         cmd.arg("run")
             .arg(&schema)
             .args(["--url", &serve.url])
