@@ -8,6 +8,7 @@
 
 pub mod api;
 pub mod bin;
+pub mod deploy;
 pub mod etcd;
 pub mod k8s_values;
 pub mod kube;

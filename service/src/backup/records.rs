@@ -188,6 +188,19 @@ pub async fn list(store: &Store, filter: ListFilter) -> Result<Vec<BackupRecord>
     )
 }
 
+/// When the newest completed backup finished (pruned ones count: they were
+/// completed), whoever took it: the `rekey-backup` CronJob, `serve`'s schedule
+/// or an API call. Exported by every replica's `/metrics` as
+/// `rekey_backup_latest_completed_timestamp_seconds`, so the "backup too old"
+/// alert does not depend on which process ran the backup.
+pub async fn latest_completed_at(store: &Store) -> Result<Option<DateTime<Utc>>, StoreError> {
+    Ok(sqlx::query_scalar(
+        "SELECT max(finished_at) FROM backups WHERE status IN ('completed', 'pruned')",
+    )
+    .fetch_one(store.pool())
+    .await?)
+}
+
 /// One backup by id.
 pub async fn get(store: &Store, id: Uuid) -> Result<Option<BackupRecord>, StoreError> {
     Ok(
