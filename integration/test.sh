@@ -29,9 +29,34 @@ fi
 
 # --- Python tools (S3 endpoint, independent encoders, API fuzzing, manifests) --
 venv="$root/target/pyenv"
-if [ ! -x "$venv/bin/python" ]; then
+# A venv whose pip is missing (an earlier ensurepip failure) is made again.
+make_venv() {
+  local py err
+  err=$(mktemp)
+  for py in python3 /usr/bin/python3; do
+    command -v "$py" >/dev/null || continue
+    rm -rf "$venv"
+    if "$py" -m venv "$venv" 2>"$err" && [ -x "$venv/bin/pip" ]; then rm -f "$err"; return 0; fi
+    echo "    $py -m venv failed: $(tail -n 3 "$err")"
+  done
+  # Debian's python3 ships ensurepip separately.
+  log "installing python3-venv python3-pip"
+  sudo_cmd=""; [ "$(id -u)" = 0 ] || sudo_cmd="sudo"
+  $sudo_cmd apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq python3-venv python3-pip >/dev/null
+  rm -rf "$venv"
+  if /usr/bin/python3 -m venv "$venv" 2>"$err" && [ -x "$venv/bin/pip" ]; then rm -f "$err"; return 0; fi
+  echo "    /usr/bin/python3 -m venv failed: $(tail -n 3 "$err")"
+  # Last resort: a venv without pip, and pip bootstrapped from PyPI's wheel.
+  rm -rf "$venv"
+  python3 -m venv --without-pip "$venv"
+  python3 -m pip --python "$venv/bin/python" install -q --disable-pip-version-check pip \
+    || { echo "cannot make a Python venv at $venv: install python3-venv (apt-get install python3-venv)"; exit 1; }
+  rm -f "$err"
+}
+if [ ! -x "$venv/bin/python" ] || [ ! -x "$venv/bin/pip" ]; then
   log "creating $venv"
-  python3 -m venv "$venv"
+  make_venv
 fi
 "$venv/bin/pip" install -q --disable-pip-version-check -r integration/requirements.txt
 export PATH="$venv/bin:$PATH"

@@ -29,6 +29,8 @@ const RESERVED_ENV: &[&str] = &[
     "REKEY_CLIENT_CERT",
     "REKEY_CLIENT_KEY",
     "REKEY_CACERT",
+    // crash points of debug builds (`crate::crash`)
+    "REKEY_CRASH_AT",
 ];
 
 /// Default share of a credential's lifetime after which it is renewed.

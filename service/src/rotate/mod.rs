@@ -362,6 +362,7 @@ impl Engine {
     }
 
     async fn process_batch(&self, claimed: Vec<Claimed>) {
+        crate::crash::point("engine-after-claim");
         let mut items: Vec<Item> = claimed
             .into_iter()
             .map(|c| Item {
@@ -412,6 +413,8 @@ impl Engine {
             }
         }
 
+        crate::crash::point("engine-after-issue");
+
         // Open attempts with the versions' facts; only credentials still owned go on.
         let openings: Vec<Opening> = items
             .iter()
@@ -453,6 +456,8 @@ impl Engine {
                 }
             }
         }
+
+        crate::crash::point("engine-after-open");
 
         // Publish: the commit point.
         let timeout = self.deps.config.lease.get() / 2;
@@ -497,6 +502,9 @@ impl Engine {
                 Some(Err(e)) => item.failure = Some((e, true)),
                 None => {}
             }
+        }
+        if !successes.is_empty() {
+            crate::crash::point("engine-after-publish");
         }
         self.commit(&mut items, successes, EventOutcome::Succeeded)
             .await;
@@ -699,6 +707,7 @@ impl Engine {
             .collect();
         match self.deps.store.commit_successes(&successes, &audit).await {
             Ok(committed) => {
+                crate::crash::point("engine-after-commit");
                 for s in &successes {
                     let Some(item) = items.iter_mut().find(|i| i.claimed.id == s.credential_id)
                     else {
