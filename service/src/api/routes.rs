@@ -1290,9 +1290,9 @@ async fn metrics_response(state: &ApiState) -> Response {
     {
         Ok(Ok(at)) => text.push_str(&backup_gauge(at)),
         Ok(Err(e)) => tracing::warn!(error = %e, "backup gauge left out of /metrics"),
-        Err(_) => tracing::warn!(
-            "backup gauge left out of /metrics: the database did not answer in time"
-        ),
+        Err(_) => {
+            tracing::warn!("backup gauge left out of /metrics: the database did not answer in time")
+        }
     }
     (
         [(
@@ -1329,8 +1329,7 @@ pub fn credential_gauges(creds: &[Credential]) -> String {
         (
             "rekey_credential_not_after_seconds",
             "End of validity of each credential's current version (Unix time).",
-            (|c: &Credential| c.not_after.map(|t| t.timestamp()))
-                as fn(&Credential) -> Option<i64>,
+            (|c: &Credential| c.not_after.map(|t| t.timestamp())) as fn(&Credential) -> Option<i64>,
         ),
         (
             "rekey_credential_not_before_seconds",
@@ -1627,9 +1626,12 @@ mod tests {
         assert!(text.contains(
             "rekey_credential_not_before_seconds{name=\"cert/a\\\"b\",kind=\"certificate\"} 1699996400"
         ), "{text}");
-        assert!(text.contains(
-            "rekey_credential_rotation_failures{name=\"cert/a\\\"b\",kind=\"certificate\"} 2"
-        ), "{text}");
+        assert!(
+            text.contains(
+                "rekey_credential_rotation_failures{name=\"cert/a\\\"b\",kind=\"certificate\"} 2"
+            ),
+            "{text}"
+        );
         assert!(text.contains(
             "rekey_credential_not_after_seconds{name=\"cert/a\\\"b\",kind=\"certificate\"} 1700000000"
         ), "{text}");
