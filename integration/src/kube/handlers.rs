@@ -173,7 +173,16 @@ pub(crate) async fn handle(
         code: 0,
         fault: false,
     };
-    let resp = match s.take_fault(&user, &attrs) {
+    let mut fault = s.take_fault(&user, &attrs);
+    if let Some(Fault {
+        kind: FaultKind::Delay(d),
+        ..
+    }) = fault
+    {
+        tokio::time::sleep(d).await;
+        fault = None;
+    }
+    let resp = match fault {
         Some(f) => {
             record.fault = true;
             fault_response(&target, &f).await
@@ -223,6 +232,7 @@ async fn fault_response(t: &Target, f: &Fault) -> Response {
             "InternalError",
             "Internal error occurred: injected fault",
         )),
+        FaultKind::Delay(_) => unreachable!("a delay is served as usual"),
         FaultKind::Timeout(d) => {
             tokio::time::sleep(d).await;
             error(&ApiError::new(

@@ -72,6 +72,8 @@ pub enum FaultKind {
     Status(u16),
     /// Hang this long, then answer 504.
     Timeout(Duration),
+    /// Hang this long, then serve the request as usual (a slow API server).
+    Delay(Duration),
 }
 
 impl Fault {
@@ -525,6 +527,11 @@ impl KubeStandIn {
     /// Injects a fault (applies to every identity but the admin).
     pub fn inject(&self, fault: Fault) {
         self.shared.faults.lock().expect("faults").push(fault);
+    }
+
+    /// Removes every injected fault.
+    pub fn clear_faults(&self) {
+        self.shared.faults.lock().expect("faults").clear();
     }
 
     /// Remaining hits of injected faults.
