@@ -871,10 +871,14 @@ impl Validator<'_> {
             );
             return None;
         }
-        let cleaned: String = secret
-            .chars()
-            .filter(|c| *c != '\n' && *c != '\r')
-            .collect();
+        // The key's text is as secret as its bytes: both are wiped on drop.
+        let secret = zeroize::Zeroizing::new(secret);
+        let cleaned: zeroize::Zeroizing<String> = zeroize::Zeroizing::new(
+            secret
+                .chars()
+                .filter(|c| *c != '\n' && *c != '\r')
+                .collect(),
+        );
         let decoded = match BASE64.decode(cleaned.as_bytes()) {
             Ok(d) => secret_bytes(d),
             Err(_) => {
