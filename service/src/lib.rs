@@ -27,6 +27,7 @@ pub mod config;
 pub mod devdb;
 pub mod error;
 pub mod etcd;
+pub mod fuzzing;
 pub mod issue;
 pub mod k8s;
 pub mod rotate;
