@@ -8,6 +8,7 @@
 
 pub mod bin;
 pub mod etcd;
+pub mod hygiene;
 pub mod k8s_values;
 pub mod pg;
 pub mod s3;
