@@ -10,6 +10,7 @@ pub mod bin;
 pub mod etcd;
 pub mod hygiene;
 pub mod k8s_values;
+pub mod kube;
 pub mod pg;
 pub mod s3;
 pub mod serve;

@@ -50,7 +50,7 @@ enum Command {
     Ca(ca::CaCommand),
     /// Bootstrap tokens.
     #[command(subcommand)]
-    Token(TokenCommand),
+    Token(crate::k8s::cli::TokenCommand),
     /// etcd encryption at rest.
     #[command(subcommand)]
     Etcd(crate::etcd::cli::EtcdCommand),
@@ -67,6 +67,9 @@ pub struct ServeArgs {
     /// The configuration file.
     #[arg(long, env = "REKEY_CONFIG")]
     pub config: PathBuf,
+    /// How to reach Kubernetes (overrides `[kubernetes]` in the file).
+    #[command(flatten)]
+    pub kube: crate::k8s::cli::KubeArgs,
 }
 
 /// `rekey rotate`
@@ -80,21 +83,6 @@ pub struct RotateArgs {
     /// Why, for the audit record.
     #[arg(long)]
     pub reason: Option<String>,
-}
-
-#[derive(Debug, Subcommand)]
-enum TokenCommand {
-    /// List tracked bootstrap tokens.
-    List {
-        /// Machine-readable output.
-        #[arg(long)]
-        json: bool,
-    },
-    /// Revoke a bootstrap token now.
-    Revoke {
-        /// Token id (the 6 characters before the dot).
-        id: String,
-    },
 }
 
 /// Entry point of the binary: parses arguments, runs, maps errors to exit codes.
@@ -132,14 +120,15 @@ pub fn main() -> ExitCode {
 
 async fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Serve(args) => crate::runtime::serve(&args.config).await,
+        Command::Serve(args) => crate::runtime::serve(&args.config, &args.kube).await,
         Command::Dev(args) => crate::runtime::dev::run(args).await,
         Command::Status(args) => status::run(args).await,
         Command::Ca(cmd) => ca::run(cmd),
         Command::Migrate(args) => db::migrate(args).await,
+        Command::Token(cmd) => crate::k8s::cli::run(cmd).await,
         Command::Etcd(cmd) => crate::etcd::cli::run(cmd).await,
         Command::Backup(cmd) => crate::backup::cli::run(cmd).await,
-        Command::Rotate(_) | Command::Token(_) => {
+        Command::Rotate(_) => {
             anyhow::bail!("this command is not available in this build yet")
         }
     }

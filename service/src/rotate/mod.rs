@@ -22,6 +22,7 @@
 //! to commit, for up to `batch_size` credentials.
 
 pub mod declare;
+pub mod retire;
 pub mod tokens;
 
 use std::{collections::HashMap, sync::Arc, time::Duration};

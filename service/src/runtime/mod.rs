@@ -6,6 +6,7 @@
 //! ended and why.
 
 pub mod dev;
+pub mod leader;
 
 use std::{path::Path, process::ExitCode, sync::Arc, time::Duration};
 
@@ -106,7 +107,15 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         .replica_id
         .clone()
         .unwrap_or_else(crate::rotate::default_replica_id);
-    let sinks = SinkContext::default();
+    let kube = crate::k8s::wiring::Kube::connect_if_needed(&config)
+        .await
+        .map_err(|e| match e {
+            e @ crate::k8s::K8sError::Config(_) => anyhow::Error::new(BadInput::new(e)),
+            e => anyhow::Error::new(e),
+        })?;
+    let sinks = SinkContext {
+        kube: kube.as_ref().map(|k| k.client.clone()),
+    };
     let jitter = Jitter {
         max: config.engine.max_jitter.chrono(),
         fraction: config.engine.jitter_fraction,
@@ -126,8 +135,8 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         config: config.engine.clone(),
         ca,
         sinks,
-        tokens: None,
-        reload: None,
+        tokens: kube.as_ref().map(|k| k.token_issuer()),
+        reload: kube.as_ref().map(|k| k.reload()),
     });
     let mut tasks = JoinSet::new();
     {
@@ -139,6 +148,9 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
                 engine.run(shutdown).await.map_err(anyhow::Error::from),
             )
         });
+    }
+    if let Some(k) = &kube {
+        k.spawn_jobs(&config, &store, &shutdown, &mut tasks);
     }
     if !config.scans.is_empty() {
         let dirs: Vec<_> = config.scans.iter().map(|s| s.dir.clone()).collect();
@@ -195,8 +207,12 @@ pub fn shutdown_on_signals() -> CancellationToken {
 }
 
 /// `rekey serve --config FILE`
-pub async fn serve(config_path: &Path) -> anyhow::Result<ExitCode> {
-    let config = Config::load(config_path).bad_input()?;
+pub async fn serve(
+    config_path: &Path,
+    kube: &crate::k8s::cli::KubeArgs,
+) -> anyhow::Result<ExitCode> {
+    let mut config = Config::load(config_path).bad_input()?;
+    kube.apply(&mut config);
     let shutdown = shutdown_on_signals();
     let running = start(config, shutdown).await?;
     running.wait().await?;

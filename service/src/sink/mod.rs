@@ -6,6 +6,7 @@
 //! whether a `pending` version reached its consumers.
 
 pub mod file;
+pub mod kubernetes;
 
 use std::sync::Arc;
 
@@ -133,8 +134,10 @@ pub fn build(spec: &SinkSpec, ctx: &SinkContext) -> Result<Arc<dyn Sink>, SinkEr
     match spec {
         SinkSpec::File { dir } => Ok(Arc::new(file::FileSink::new(dir.clone()))),
         SinkSpec::KubernetesSecret { namespace, name } => match &ctx.kube {
-            Some(_client) => Err(SinkError::Unavailable(format!(
-                "secret {namespace}/{name}: the kubernetes-secret sink is not available in this build"
+            Some(client) => Ok(Arc::new(kubernetes::KubernetesSecretSink::new(
+                client.clone(),
+                namespace.clone(),
+                name.clone(),
             ))),
             None => Err(SinkError::Unavailable(format!(
                 "secret {namespace}/{name}: no Kubernetes client (configure [kubernetes] or run in-cluster)"

@@ -181,16 +181,20 @@ impl Store {
         let epochs: Vec<i64> = items.iter().map(|c| c.lease_epoch).collect();
         let actor = format!("rekey/{replica}");
         let mut tx = self.pool().begin().await?;
+        // Fencing: only rows still leased to us at the claimed epoch go on, and
+        // their leases are extended to cover publishing. The row locks also
+        // hold back "rotate now" requests for these credentials until the
+        // attempts are open, so such a request joins the attempt.
         let owned: Vec<i64> = sqlx::query_scalar(
-            "UPDATE credentials c SET lease_expires_at = now() + make_interval(secs => $3)
+            "UPDATE credentials c SET lease_expires_at = now() + make_interval(secs => $4)
              FROM unnest($1::bigint[], $2::bigint[]) AS u(id, epoch)
-             WHERE c.id = u.id AND c.lease_epoch = u.epoch AND c.lease_owner = $4
+             WHERE c.id = u.id AND c.lease_epoch = u.epoch AND c.lease_owner = $3 AND c.lease_expires_at > now()
              RETURNING c.id",
         )
         .bind(&all_ids)
         .bind(&epochs)
-        .bind(lease_secs)
         .bind(replica)
+        .bind(lease_secs)
         .fetch_all(&mut *tx)
         .await?;
         let items: Vec<&Opening> = items
@@ -202,9 +206,6 @@ impl Store {
             return Ok(vec![]);
         }
         let ids: Vec<i64> = items.iter().map(|c| c.facts.credential_id).collect();
-        let dues: Vec<Option<DateTime<Utc>>> = items.iter().map(|c| c.due_at).collect();
-        let triggers: Vec<&str> = items.iter().map(|c| c.trigger).collect();
-        let new_ids: Vec<Uuid> = items.iter().map(|_| Uuid::new_v4()).collect();
         sqlx::query(
             "UPDATE rotations SET status = 'abandoned', finished_at = now(),
                  error = coalesce(error, 'the replica running it lost its lease')
@@ -213,29 +214,18 @@ impl Store {
         .bind(&ids)
         .execute(&mut *tx)
         .await?;
-        sqlx::query(
-            "INSERT INTO rotations (id, credential_id, trigger, requested_by, due_at, status, replica, started_at)
-             SELECT u.rid, u.cid, u.trig, $4, u.due, 'running', $5, now()
-             FROM unnest($1::uuid[], $2::bigint[], $3::text[], $6::timestamptz[]) AS u(rid, cid, trig, due)
-             ON CONFLICT (credential_id) WHERE status IN ('queued', 'running') DO NOTHING",
-        )
-        .bind(&new_ids)
-        .bind(&ids)
-        .bind(&triggers)
-        .bind(&actor)
-        .bind(replica)
-        .bind(&dues)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(
-            "UPDATE rotations r SET status = 'running', started_at = now(), replica = $2, due_at = c.next_rotation_at
-             FROM credentials c
-             WHERE r.credential_id = ANY($1) AND r.status = 'queued' AND c.id = r.credential_id",
+        // A queued manual request becomes the attempt; otherwise a new one is opened.
+        let queued: Vec<(Uuid, i64)> = sqlx::query_as(
+            "SELECT id, credential_id FROM rotations WHERE credential_id = ANY($1) AND status = 'queued'",
         )
         .bind(&ids)
-        .bind(replica)
-        .execute(&mut *tx)
+        .fetch_all(&mut *tx)
         .await?;
+        let rotation_of = |cid: i64| queued.iter().find(|q| q.1 == cid).map(|q| q.0);
+        let rids: Vec<Uuid> = ids
+            .iter()
+            .map(|cid| rotation_of(*cid).unwrap_or_else(Uuid::new_v4))
+            .collect();
         let vids: Vec<i64> = items.iter().map(|f| f.facts.version_id).collect();
         let fps: Vec<&str> = items.iter().map(|f| f.facts.fingerprint.as_str()).collect();
         let serials: Vec<Option<&str>> = items.iter().map(|f| f.facts.serial.as_deref()).collect();
@@ -243,38 +233,68 @@ impl Store {
         let nas: Vec<DateTime<Utc>> = items.iter().map(|f| f.facts.not_after).collect();
         let details: Vec<serde_json::Value> =
             items.iter().map(|f| f.facts.details.clone()).collect();
-        let rows: Vec<(i64, Uuid, i64)> = sqlx::query_as(
-            "WITH r AS (
-                SELECT id, credential_id FROM rotations WHERE credential_id = ANY($2) AND status = 'running'
-             ), v AS (
-                INSERT INTO credential_versions
-                    (id, credential_id, status, rotation_id, fingerprint, serial, not_before, not_after, details)
-                SELECT u.vid, u.cid, 'pending', r.id, u.fp, u.serial, u.nb, u.na, u.details
-                FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::timestamptz[],
-                            $6::timestamptz[], $7::jsonb[]) AS u(vid, cid, fp, serial, nb, na, details)
-                JOIN r ON r.credential_id = u.cid
-                RETURNING id, credential_id, rotation_id
-             ), link AS (
-                UPDATE rotations SET version_id = v.id FROM v WHERE rotations.id = v.rotation_id
-             )
-             SELECT credential_id, rotation_id, id FROM v",
+        sqlx::query(
+            "INSERT INTO credential_versions
+                 (id, credential_id, status, rotation_id, fingerprint, serial, not_before, not_after, details)
+             SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::uuid[], $5::text[], $6::text[],
+                                  $7::timestamptz[], $8::timestamptz[], $9::jsonb[])",
         )
         .bind(&vids)
         .bind(&ids)
+        .bind(vec!["pending"; ids.len()])
+        .bind(&rids)
         .bind(&fps)
         .bind(&serials)
         .bind(&nbs)
         .bind(&nas)
         .bind(&details)
-        .fetch_all(&mut *tx)
+        .execute(&mut *tx)
         .await?;
+        let fresh: Vec<usize> = (0..ids.len())
+            .filter(|i| rotation_of(ids[*i]).is_none())
+            .collect();
+        if !fresh.is_empty() {
+            let f_rids: Vec<Uuid> = fresh.iter().map(|i| rids[*i]).collect();
+            let f_ids: Vec<i64> = fresh.iter().map(|i| ids[*i]).collect();
+            let f_triggers: Vec<&str> = fresh.iter().map(|i| items[*i].trigger).collect();
+            let f_dues: Vec<Option<DateTime<Utc>>> =
+                fresh.iter().map(|i| items[*i].due_at).collect();
+            let f_vids: Vec<i64> = fresh.iter().map(|i| vids[*i]).collect();
+            sqlx::query(
+                "INSERT INTO rotations (id, credential_id, trigger, requested_by, due_at, status, replica, started_at, version_id)
+                 SELECT u.rid, u.cid, u.trig, $4, u.due, 'running', $5, now(), u.vid
+                 FROM unnest($1::uuid[], $2::bigint[], $3::text[], $6::timestamptz[], $7::bigint[])
+                      AS u(rid, cid, trig, due, vid)",
+            )
+            .bind(&f_rids)
+            .bind(&f_ids)
+            .bind(&f_triggers)
+            .bind(&actor)
+            .bind(replica)
+            .bind(&f_dues)
+            .bind(&f_vids)
+            .execute(&mut *tx)
+            .await?;
+        }
+        if !queued.is_empty() {
+            sqlx::query(
+                "UPDATE rotations r SET status = 'running', started_at = now(), replica = $2,
+                     due_at = c.next_rotation_at, version_id = u.vid
+                 FROM credentials c, unnest($1::bigint[], $3::bigint[]) AS u(cid, vid)
+                 WHERE r.credential_id = u.cid AND r.status = 'queued' AND c.id = r.credential_id",
+            )
+            .bind(&ids)
+            .bind(replica)
+            .bind(&vids)
+            .execute(&mut *tx)
+            .await?;
+        }
         tx.commit().await?;
-        Ok(rows
-            .into_iter()
-            .map(|(credential_id, rotation_id, version_id)| Attempt {
-                credential_id,
-                rotation_id,
-                version_id,
+        Ok((0..ids.len())
+            .map(|i| Attempt {
+                credential_id: ids[i],
+                rotation_id: rids[i],
+                version_id: vids[i],
             })
             .collect())
     }

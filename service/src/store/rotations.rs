@@ -84,7 +84,11 @@ impl Store {
         .bind(name)
         .fetch_optional(&mut *tx)
         .await?;
+        // Early returns end the transaction explicitly: a dropped transaction
+        // keeps its row lock until the pooled connection is next used, and
+        // the engine's SKIP LOCKED claim would skip the credential meanwhile.
         let Some(id) = id else {
+            tx.rollback().await?;
             return Ok(RequestOutcome::NotFound);
         };
         if let Some(key) = idempotency_key {
@@ -96,6 +100,7 @@ impl Store {
                 .fetch_optional(&mut *tx)
                 .await?
             {
+                tx.rollback().await?;
                 return Ok(RequestOutcome::Existing(r));
             }
         }
@@ -108,6 +113,7 @@ impl Store {
             .fetch_optional(&mut *tx)
             .await?
         {
+            tx.rollback().await?;
             return Ok(RequestOutcome::Existing(r));
         }
         let rid = Uuid::new_v4();

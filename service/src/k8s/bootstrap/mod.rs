@@ -1,0 +1,484 @@
+//! Bootstrap tokens: discovery, join tracking, revocation.
+//!
+//! ```text
+//!  watch Secrets (kube-system, type=bootstrap.kubernetes.io/token) ─┐
+//!  watch CSRs (signer kube-apiserver-client-kubelet) ── record join ├─► evaluate(id) ─ decide (pure)
+//!  watch Nodes ── mark joins of registered nodes ───────────────────┤        │
+//!  tick: max_age, expiry, unfinished revocations, failed events ────┘        ▼
+//!                                      claim (Postgres) → delete Secret (uid precondition)
+//!                                      → mark revoked + audit event (one transaction)
+//! ```
+//!
+//! A join is recorded the moment its CSR is seen (the controller-manager
+//! deletes approved CSRs after an hour); a deleted CSR still counts with the
+//! last state it had. Revocation is claimed in Postgres first, so a token is
+//! revoked (its Secret deleted, its audit event written) once, whoever asks.
+
+pub mod db;
+pub mod model;
+
+use std::{
+    collections::{HashMap, HashSet},
+    time::Duration,
+};
+
+use chrono::{DateTime, Utc};
+use futures::{StreamExt, stream::BoxStream};
+use k8s_openapi::api::{
+    certificates::v1::CertificateSigningRequest,
+    core::v1::{Node, Secret},
+};
+use kube::{
+    api::{Api, DeleteParams, PartialObjectMeta, PostParams, Preconditions},
+    runtime::{WatchStreamExt, watcher},
+};
+use tokio_util::sync::CancellationToken;
+
+use self::model::{Decision, JoinFacts, Policy, TokenFacts};
+use super::{BootstrapTokensConfig, K8sError, call};
+use crate::store::{
+    Store,
+    audit::{NewEvent, Outcome},
+};
+
+/// How often the watcher sweeps: max_age and expiry, unfinished revocations,
+/// events that failed to record. Short enough that a token past `max_age`
+/// goes within seconds; each sweep is a handful of indexed queries.
+pub const SWEEP_INTERVAL: Duration = Duration::from_secs(2);
+
+/// The actor in audit records written by the watcher.
+pub const ACTOR: &str = "rekey/bootstrap-watcher";
+
+/// How a revocation request ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RevokeOutcome {
+    /// This call revoked it.
+    Revoked,
+    /// It was not live (already revoked, expired, deleted, or being revoked): its state.
+    NotLive(String),
+    /// No such token in Postgres or the cluster.
+    Unknown,
+}
+
+fn kube_system_secrets(client: &kube::Client) -> Api<Secret> {
+    Api::namespaced(client.clone(), model::NAMESPACE)
+}
+
+/// Deletes a claimed token's Secret and records the revocation. Safe to
+/// repeat: a missing Secret counts as deleted, and only one caller records it.
+pub async fn finish(
+    store: &Store,
+    client: &kube::Client,
+    id: &str,
+    uid: Option<&str>,
+    actor: &str,
+) -> Result<bool, K8sError> {
+    let name = format!("{}{id}", model::SECRET_PREFIX);
+    let dp = DeleteParams {
+        preconditions: uid.map(|u| Preconditions {
+            uid: Some(u.to_string()),
+            resource_version: None,
+        }),
+        ..Default::default()
+    };
+    match call(
+        format!("delete secret kube-system/{name}"),
+        kube_system_secrets(client).delete(&name, &dp),
+    )
+    .await
+    {
+        Ok(_) => {}
+        // Gone already, or replaced by another Secret (uid precondition): this token no longer exists.
+        Err(e) if e.is_not_found() || e.is_conflict() => {}
+        Err(e) => return Err(e),
+    }
+    let done = db::finish_revocation(store, id, actor).await?;
+    if done {
+        tracing::info!(token = id, "bootstrap token revoked");
+    }
+    Ok(done)
+}
+
+/// Revokes a token now (`reason` e.g. `joined`, `max-age`, `manual`),
+/// unless it is not live. A token the watcher has not recorded yet is read
+/// from the cluster first.
+pub async fn revoke(
+    store: &Store,
+    client: &kube::Client,
+    config: &BootstrapTokensConfig,
+    id: &str,
+    reason: &str,
+    node: Option<&str>,
+    actor: &str,
+) -> Result<RevokeOutcome, K8sError> {
+    if db::token(store, id).await?.is_none() {
+        let name = format!("{}{id}", model::SECRET_PREFIX);
+        match call(
+            format!("get secret kube-system/{name}"),
+            kube_system_secrets(client).get_opt(&name),
+        )
+        .await?
+        {
+            Some(s) => {
+                let info = model::token_from_secret(&s).map_err(K8sError::Invalid)?;
+                let policy = model::effective_policy(info.policy_label, &info.id, config);
+                db::upsert_token(store, &info, policy).await?;
+            }
+            None => return Ok(RevokeOutcome::Unknown),
+        }
+    }
+    match db::claim_revocation(store, id, reason, node).await? {
+        Some(uid) => {
+            finish(store, client, id, uid.as_deref(), actor).await?;
+            Ok(RevokeOutcome::Revoked)
+        }
+        None => {
+            let state = db::token(store, id)
+                .await?
+                .map(|t| t.state)
+                .unwrap_or_default();
+            Ok(RevokeOutcome::NotLive(state))
+        }
+    }
+}
+
+/// Writes a new token's Secret as kubeadm does. The caller prints the
+/// token once this returns, then [`record_created`]s it.
+pub async fn create(
+    client: &kube::Client,
+    id: &str,
+    secret: &secrecy::SecretString,
+    spec: &model::NewTokenSpec,
+    now: DateTime<Utc>,
+) -> Result<Secret, K8sError> {
+    let obj = model::kubeadm_secret(id, secret, spec, now);
+    call(
+        format!("create secret kube-system/{}{id}", model::SECRET_PREFIX),
+        kube_system_secrets(client).create(&PostParams::default(), &obj),
+    )
+    .await
+}
+
+/// Records a token made by [`create`] (the watcher would find it too) and
+/// audits its creation.
+pub async fn record_created(
+    store: &Store,
+    config: &BootstrapTokensConfig,
+    created: &Secret,
+    actor: &str,
+) -> Result<(), K8sError> {
+    let info = model::token_from_secret(created).map_err(K8sError::Invalid)?;
+    let policy = model::effective_policy(info.policy_label, &info.id, config);
+    db::upsert_token(store, &info, policy).await?;
+    let mut ev = NewEvent::new(
+        actor,
+        "bootstrap_token.create",
+        format!("bootstrap-token/{}", info.id),
+        Outcome::Success,
+    );
+    ev.details = serde_json::json!({"expiration": info.expiration, "groups": info.groups, "usages": info.usages, "policy": policy.as_str()});
+    store.audit(ev).await?;
+    Ok(())
+}
+
+/// The watcher's state between events.
+struct Watcher {
+    store: Store,
+    client: kube::Client,
+    config: BootstrapTokensConfig,
+    /// Nodes known to exist.
+    nodes: HashSet<String>,
+    /// Nodes seen during a relist (replaces `nodes` at InitDone).
+    nodes_relist: Option<HashSet<String>>,
+    /// Token Secrets seen during a relist: id → uid.
+    secrets_relist: Option<HashMap<String, Option<String>>>,
+    /// Events that failed to record, retried at each sweep.
+    retry_secrets: HashMap<String, Secret>,
+    retry_csrs: HashMap<String, (CertificateSigningRequest, bool)>,
+}
+
+impl Watcher {
+    fn max_age(&self) -> Option<chrono::TimeDelta> {
+        self.config.max_age.map(|d| d.chrono())
+    }
+
+    async fn evaluate(&self, id: &str, now: DateTime<Utc>) -> Result<(), K8sError> {
+        let Some(t) = db::token(&self.store, id).await? else {
+            return Ok(());
+        };
+        let joins = db::joins(&self.store, id).await?;
+        let facts = TokenFacts {
+            state: t.state.clone(),
+            policy: Policy::parse(&t.policy).unwrap_or(Policy::RevokeAfterJoin),
+            created: t.created,
+            expiration: t.expiration,
+        };
+        let jf: Vec<JoinFacts> = joins
+            .iter()
+            .map(|j| JoinFacts {
+                node_name: j.node_name.clone(),
+                approved: j.approved_at.is_some(),
+                issued: j.issued_at.is_some(),
+                registered: j.node_registered_at.is_some(),
+            })
+            .collect();
+        match model::decide(&facts, &jf, self.max_age(), now) {
+            Decision::Keep => Ok(()),
+            Decision::MarkUsed => Ok(db::mark_used(&self.store, id).await?),
+            Decision::Revoke { reason, node } => {
+                if let Some(uid) =
+                    db::claim_revocation(&self.store, id, reason, node.as_deref()).await?
+                {
+                    finish(&self.store, &self.client, id, uid.as_deref(), ACTOR).await?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    async fn on_secret(&mut self, s: &Secret, now: DateTime<Utc>) -> Result<(), K8sError> {
+        let info = match model::token_from_secret(s) {
+            Ok(i) => i,
+            Err(e) => {
+                tracing::warn!(error = %e, "ignoring a malformed bootstrap-token secret");
+                return Ok(());
+            }
+        };
+        if let Some(seen) = &mut self.secrets_relist {
+            seen.insert(info.id.clone(), info.secret_uid.clone());
+        }
+        let policy = model::effective_policy(info.policy_label, &info.id, &self.config);
+        if db::upsert_token(&self.store, &info, policy).await? {
+            let mut ev = NewEvent::new(
+                ACTOR,
+                "bootstrap_token.discover",
+                format!("bootstrap-token/{}", info.id),
+                Outcome::Success,
+            );
+            ev.details =
+                serde_json::json!({"policy": policy.as_str(), "expiration": info.expiration});
+            self.store.audit(ev).await?;
+        }
+        self.evaluate(&info.id, now).await
+    }
+
+    async fn on_secret_deleted(&mut self, s: &Secret, now: DateTime<Utc>) -> Result<(), K8sError> {
+        if let Ok(info) = model::token_from_secret(s) {
+            db::mark_gone(&self.store, &info.id, info.secret_uid.as_deref(), now).await?;
+        }
+        Ok(())
+    }
+
+    async fn on_csr(
+        &mut self,
+        csr: &CertificateSigningRequest,
+        deleted: bool,
+        now: DateTime<Utc>,
+    ) -> Result<(), K8sError> {
+        let join = match model::join_from_csr(csr) {
+            None => return Ok(()),
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "ignoring a kubelet CSR rekey cannot read");
+                return Ok(());
+            }
+            Some(Ok(j)) => j,
+        };
+        let registered = self.nodes.contains(&join.node_name);
+        if db::record_join(&self.store, &join, registered, deleted).await? {
+            let mut ev = NewEvent::new(
+                ACTOR,
+                "bootstrap_token.join",
+                format!("bootstrap-token/{}", join.token_id),
+                Outcome::Success,
+            );
+            ev.details = serde_json::json!({"csr": join.csr_name, "node": join.node_name});
+            self.store.audit(ev).await?;
+            tracing::info!(token = %join.token_id, node = %join.node_name, csr = %join.csr_name, "node join recorded");
+        }
+        self.evaluate(&join.token_id, now).await
+    }
+
+    async fn on_nodes(&mut self, names: Vec<String>, now: DateTime<Utc>) -> Result<(), K8sError> {
+        for n in &names {
+            self.nodes.insert(n.clone());
+        }
+        let mut ids = db::nodes_registered(&self.store, &names).await?;
+        ids.sort();
+        ids.dedup();
+        for id in ids {
+            self.evaluate(&id, now).await?;
+        }
+        Ok(())
+    }
+
+    async fn sweep(&mut self, now: DateTime<Utc>) -> Result<(), K8sError> {
+        for (id, s) in std::mem::take(&mut self.retry_secrets) {
+            if let Err(e) = self.on_secret(&s, now).await {
+                tracing::warn!(error = %e, token = %id, "recording a bootstrap token failed again");
+                self.retry_secrets.insert(id, s);
+            }
+        }
+        for (uid, (csr, deleted)) in std::mem::take(&mut self.retry_csrs) {
+            if let Err(e) = self.on_csr(&csr, deleted, now).await {
+                tracing::warn!(error = %e, "recording a join failed again");
+                self.retry_csrs.insert(uid, (csr, deleted));
+            }
+        }
+        let nodes: Vec<String> = self.nodes.iter().cloned().collect();
+        self.on_nodes(nodes, now).await?;
+        for id in db::ids_in(&self.store, &["revoking"]).await? {
+            if let Some(t) = db::token(&self.store, &id).await? {
+                finish(
+                    &self.store,
+                    &self.client,
+                    &id,
+                    t.secret_uid.as_deref(),
+                    ACTOR,
+                )
+                .await?;
+            }
+        }
+        let cutoff = self.max_age().map(|a| now - a);
+        for id in db::time_due_ids(&self.store, now, cutoff).await? {
+            self.evaluate(&id, now).await?;
+        }
+        Ok(())
+    }
+}
+
+/// Runs the bootstrap-token watcher until `shutdown` (run it on one replica:
+/// the lead replica under leader election). API and database errors are
+/// logged and retried; it returns only on shutdown.
+pub async fn run(
+    store: Store,
+    client: kube::Client,
+    config: BootstrapTokensConfig,
+    shutdown: CancellationToken,
+) -> Result<(), K8sError> {
+    let mut secrets: BoxStream<'static, Result<watcher::Event<Secret>, watcher::Error>> = watcher(
+        kube_system_secrets(&client),
+        watcher::Config::default().fields(&format!("type={}", model::SECRET_TYPE)),
+    )
+    .default_backoff()
+    .boxed();
+    let mut csrs: BoxStream<
+        'static,
+        Result<watcher::Event<CertificateSigningRequest>, watcher::Error>,
+    > = watcher(
+        Api::<CertificateSigningRequest>::all(client.clone()),
+        watcher::Config::default().fields(&format!("spec.signerName={}", model::KUBELET_SIGNER)),
+    )
+    .default_backoff()
+    .boxed();
+    let mut nodes: BoxStream<
+        'static,
+        Result<watcher::Event<PartialObjectMeta<Node>>, watcher::Error>,
+    > = watcher(
+        Api::<PartialObjectMeta<Node>>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .boxed();
+    let mut w = Watcher {
+        store,
+        client,
+        config,
+        nodes: HashSet::new(),
+        nodes_relist: None,
+        secrets_relist: None,
+        retry_secrets: HashMap::new(),
+        retry_csrs: HashMap::new(),
+    };
+    let mut tick = tokio::time::interval(SWEEP_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tracing::info!("bootstrap-token watcher started");
+    loop {
+        let now = Utc::now();
+        tokio::select! {
+            _ = shutdown.cancelled() => {
+                tracing::info!("bootstrap-token watcher stopped");
+                return Ok(());
+            }
+            Some(ev) = secrets.next() => match ev {
+                Ok(watcher::Event::Init) => w.secrets_relist = Some(HashMap::new()),
+                Ok(watcher::Event::InitApply(s) | watcher::Event::Apply(s)) => {
+                    if let Err(e) = w.on_secret(&s, now).await {
+                        tracing::warn!(error = %e, "recording a bootstrap token failed; will retry");
+                        if let Ok(info) = model::token_from_secret(&s) {
+                            w.retry_secrets.insert(info.id, s);
+                        }
+                    }
+                }
+                Ok(watcher::Event::Delete(s)) => {
+                    if let Err(e) = w.on_secret_deleted(&s, now).await {
+                        tracing::warn!(error = %e, "recording a deleted bootstrap token failed");
+                    }
+                }
+                Ok(watcher::Event::InitDone) => {
+                    if let Some(seen) = w.secrets_relist.take() {
+                        // Tokens whose Secret vanished while rekey was not watching.
+                        match db::ids_in(&w.store, &["active", "used"]).await {
+                            Ok(ids) => for id in ids.into_iter().filter(|id| !seen.contains_key(id)) {
+                                if let Err(e) = db::mark_gone(&w.store, &id, None, now).await {
+                                    tracing::warn!(error = %e, token = %id, "marking a vanished token failed");
+                                }
+                            },
+                            Err(e) => tracing::warn!(error = %e, "listing live tokens failed"),
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "watching bootstrap-token secrets"),
+            },
+            Some(ev) = csrs.next() => {
+                let (csr, deleted) = match ev {
+                    Ok(watcher::Event::InitApply(c) | watcher::Event::Apply(c)) => (c, false),
+                    Ok(watcher::Event::Delete(c)) => (c, true),
+                    Ok(_) => continue,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "watching certificate signing requests");
+                        continue;
+                    }
+                };
+                if let Err(e) = w.on_csr(&csr, deleted, now).await {
+                    tracing::warn!(error = %e, "recording a join failed; will retry");
+                    let key = csr.metadata.uid.clone().unwrap_or_default();
+                    w.retry_csrs.insert(key, (csr, deleted));
+                }
+            }
+            Some(ev) = nodes.next() => match ev {
+                Ok(watcher::Event::Init) => w.nodes_relist = Some(HashSet::new()),
+                Ok(watcher::Event::InitApply(n)) => {
+                    if let (Some(set), Some(name)) = (&mut w.nodes_relist, n.metadata.name) {
+                        set.insert(name);
+                    }
+                }
+                Ok(watcher::Event::InitDone) => {
+                    if let Some(set) = w.nodes_relist.take() {
+                        w.nodes = HashSet::new();
+                        if let Err(e) = w.on_nodes(set.into_iter().collect(), now).await {
+                            tracing::warn!(error = %e, "recording registered nodes failed; the sweep retries");
+                        }
+                    }
+                }
+                Ok(watcher::Event::Apply(n)) => {
+                    if let Some(name) = n.metadata.name
+                        && let Err(e) = w.on_nodes(vec![name], now).await
+                    {
+                        tracing::warn!(error = %e, "recording a registered node failed; the sweep retries");
+                    }
+                }
+                Ok(watcher::Event::Delete(n)) => {
+                    if let Some(name) = n.metadata.name {
+                        w.nodes.remove(&name);
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "watching nodes"),
+            },
+            _ = tick.tick() => {
+                if let Err(e) = w.sweep(now).await {
+                    tracing::warn!(error = %e, "bootstrap-token sweep failed; retrying at the next one");
+                }
+            }
+        }
+    }
+}

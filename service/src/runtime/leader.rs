@@ -1,0 +1,113 @@
+//! One replica at a time: jobs that are not transactional with Postgres
+//! (the bootstrap-token watcher, scheduled etcd checks, scheduled backups)
+//! run only while this replica holds a Postgres advisory lock for them.
+//!
+//! The lock lives on a dedicated connection: if this replica dies or loses
+//! its connection, Postgres releases the lock and another replica takes over
+//! within [`RETRY`]. The leader checks its connection every [`HEARTBEAT`] and
+//! cancels its job the moment the connection fails. Each leadership bumps an
+//! epoch in `leadership` (a fencing token, logged and passed to the job).
+
+use std::{future::Future, time::Duration};
+
+use sqlx::{Connection, PgConnection};
+use tokio_util::sync::CancellationToken;
+
+use crate::store::Store;
+
+/// How often the leader checks that its lock connection is alive.
+pub const HEARTBEAT: Duration = Duration::from_secs(2);
+
+/// How often a follower tries to take the lock.
+pub const RETRY: Duration = Duration::from_secs(2);
+
+async fn try_lead(
+    store: &Store,
+    name: &str,
+    replica: &str,
+) -> Result<Option<(PgConnection, i64)>, sqlx::Error> {
+    let mut conn = store.pool().acquire().await?.detach();
+    let got: bool =
+        sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtext('rekey:leader:' || $1)::bigint)")
+            .bind(name)
+            .fetch_one(&mut conn)
+            .await?;
+    if !got {
+        let _ = conn.close().await;
+        return Ok(None);
+    }
+    let epoch: i64 = sqlx::query_scalar(
+        "INSERT INTO leadership (name, epoch, holder) VALUES ($1, 1, $2)
+         ON CONFLICT (name) DO UPDATE SET epoch = leadership.epoch + 1, holder = EXCLUDED.holder, acquired_at = now()
+         RETURNING epoch",
+    )
+    .bind(name)
+    .bind(replica)
+    .fetch_one(&mut conn)
+    .await?;
+    Ok(Some((conn, epoch)))
+}
+
+/// Runs `job` whenever this replica leads `name`, until `shutdown`.
+///
+/// `job` gets a token cancelled when leadership is lost (or on shutdown) and
+/// the leadership epoch. If the job fails it is restarted after a pause,
+/// still under the lock.
+pub async fn lead<F, Fut>(
+    store: Store,
+    name: &'static str,
+    replica: String,
+    shutdown: CancellationToken,
+    job: F,
+) where
+    F: Fn(CancellationToken, i64) -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
+    while !shutdown.is_cancelled() {
+        let (mut conn, epoch) = match try_lead(&store, name, &replica).await {
+            Ok(Some(l)) => l,
+            Ok(None) => {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(RETRY) => continue,
+                }
+            }
+            Err(e) => {
+                tracing::warn!(job = name, error = %e, "cannot take part in leader election; retrying");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(RETRY * 2) => continue,
+                }
+            }
+        };
+        tracing::info!(job = name, epoch, replica = %replica, "leading");
+        metrics::gauge!("rekey_leader", "job" => name).set(1.0);
+        let led = shutdown.child_token();
+        let run = job(led.clone(), epoch);
+        tokio::pin!(run);
+        let mut heartbeat = tokio::time::interval(HEARTBEAT);
+        loop {
+            tokio::select! {
+                result = &mut run => {
+                    if let Err(e) = result {
+                        tracing::error!(job = name, error = %crate::error::report(&e), "led job failed; restarting it");
+                        tokio::select! {
+                            _ = shutdown.cancelled() => {}
+                            _ = tokio::time::sleep(RETRY * 5) => {}
+                        }
+                    }
+                    break;
+                }
+                _ = heartbeat.tick() => {
+                    if let Err(e) = sqlx::query("SELECT 1").execute(&mut conn).await {
+                        tracing::warn!(job = name, epoch, error = %e, "lost the leader lock's connection: stopping the job");
+                        led.cancel();
+                    }
+                }
+            }
+        }
+        metrics::gauge!("rekey_leader", "job" => name).set(0.0);
+        // Closing the connection releases the advisory lock.
+        let _ = conn.close().await;
+    }
+}
