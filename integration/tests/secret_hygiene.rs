@@ -25,8 +25,10 @@ use rekey_integration::{
     etcd::Etcd,
     hygiene::{Scanner, assert_clean},
     k8s_values::{encode, load, secret},
+    kube::{KubeStandIn, fixtures},
     serve::{Scenario, read_sink},
 };
+use secrecy::ExposeSecret;
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 
@@ -575,5 +577,151 @@ async fn etcd_verify_and_rotate_key_leak_no_encryption_key() {
         .collect();
     assert_eq!(new_keys.len(), 1, "expected one new key in step 1:\n{step}");
     scanner.add("new key (rotate-key)", &B64.decode(new_keys[0]).unwrap());
+    assert_clean(&scanner, &captured.0);
+}
+
+/// Every secret value the stand-in holds: TLS keys, token values, bootstrap
+/// token secrets (and certificates as public material).
+fn add_cluster_secrets(scanner: &mut Scanner, k: &KubeStandIn, seen: &mut BTreeSet<String>) {
+    for s in k.list("Secret", None) {
+        let Some(data) = s["data"].as_object() else {
+            continue;
+        };
+        for (key, value) in data {
+            let Some(bytes) = value.as_str().and_then(|v| B64.decode(v).ok()) else {
+                continue;
+            };
+            let text = String::from_utf8_lossy(&bytes).to_string();
+            let name = format!(
+                "secret {}/{} {key}",
+                s["metadata"]["namespace"].as_str().unwrap_or(""),
+                s["metadata"]["name"].as_str().unwrap_or("")
+            );
+            match key.as_str() {
+                "tls.key" if seen.insert(text.clone()) => scanner.add_pem(&name, &text),
+                "token" | "token-secret" if seen.insert(text.clone()) => scanner.add(&name, &bytes),
+                "tls.crt" | "ca.crt" => scanner.add_public(&bytes),
+                _ => {}
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kubernetes_tokens_secrets_and_bootstrap_tokens_leak_nothing() {
+    let s = Scenario::new().await;
+    let k = KubeStandIn::start();
+    for ns in ["ci", "web"] {
+        k.add_namespace(ns);
+    }
+    k.put(fixtures::service_account("ci", "deployer")).unwrap();
+    k.put(fixtures::service_account("ci", "builder")).unwrap();
+    // A bootstrap token kubeadm made, unused: revoked on request below.
+    let (object, kubeadm_token) = fixtures::bootstrap_secret("abcdef", None, None);
+    k.put(object).unwrap();
+    let kubeconfig = k.kubeconfig();
+    let config = format!(
+        "{}[kubernetes]\nkubeconfig = \"{}\"\n\n\
+         [bootstrap_tokens]\nrevoke_after_join = true\nmax_age = \"24h\"\n\n\
+         [[certificate]]\nname = \"cert/web/web-tls\"\ndns_names = [\"web.web.svc\"]\nlifetime = \"10s\"\nrenew_fraction = 0.5\n\
+         sink = {{ kind = \"kubernetes-secret\", namespace = \"web\", name = \"web-tls\" }}\n\n\
+         [[token]]\nname = \"sa-token/ci/deployer\"\nnamespace = \"ci\"\nservice_account = \"deployer\"\n\
+         audiences = [\"https://vault.example\"]\nlifetime = \"10m\"\nrenew_fraction = 0.01\n\
+         sink = {{ kind = \"kubernetes-secret\", namespace = \"ci\", name = \"deployer-token\" }}\n\n\
+         [[token]]\nname = \"sa-token/ci/builder\"\nnamespace = \"ci\"\nservice_account = \"builder\"\n\
+         lifetime = \"10m\"\nrenew_fraction = 0.01\nbound = true\n\
+         sink = {{ kind = \"kubernetes-secret\", namespace = \"ci\", name = \"builder-token\" }}\n",
+        s.config_head("max_jitter = \"0s\""),
+        kubeconfig.display()
+    );
+    let config = s.write_config("rekey.toml", &config);
+
+    let mut scanner = Scanner::new();
+    let mut seen = BTreeSet::new();
+    // rekey's own bearer token, from its kubeconfig.
+    let kc = std::fs::read_to_string(&kubeconfig).unwrap();
+    for line in kc.lines() {
+        if let Some(t) = line.trim().strip_prefix("token:") {
+            scanner.add("rekey's kubeconfig token", t.trim().as_bytes());
+        }
+    }
+    scanner.add(
+        "kubeadm's bootstrap token",
+        kubeadm_token.expose_secret().as_bytes(),
+    );
+    add_pem_files(&mut scanner, s.dir.path(), &mut seen);
+
+    let mut captured = Captured::default();
+    let mut server = s.serve(&config, &[("REKEY_LOG", "debug")]);
+    // A bootstrap token made by rekey, used by a joining node: revoked after join.
+    let mut create = rekey();
+    create
+        .args(["token", "create", "--config"])
+        .arg(&config)
+        .env("REKEY_LOG", "debug");
+    let out = run(&mut create);
+    let (code, token, err) = outcome(&out);
+    assert_eq!(code, 0, "rekey token create: {err}");
+    let token = token.trim().to_string();
+    scanner.add("bootstrap token (rekey token create)", token.as_bytes());
+    // Printing the new token on stdout is the command's purpose; its logs are scanned.
+    captured.keep("token create (stderr)", out.stderr.clone());
+    let id = token.split('.').next().unwrap().to_string();
+    k.join_node(&token, "worker-1").await;
+
+    let started = Instant::now();
+    let mut tokens = BTreeSet::new();
+    while started.elapsed() < Duration::from_secs(30) {
+        add_cluster_secrets(&mut scanner, &k, &mut seen);
+        if let Some(t) = k.get("Secret", "ci", "deployer-token") {
+            tokens.insert(t["data"]["token"].as_str().unwrap_or("").to_string());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        k.get("Secret", "kube-system", &format!("bootstrap-token-{id}"))
+            .is_none(),
+        "the joined node's bootstrap token was not revoked:\n{}",
+        server.log()
+    );
+    assert!(
+        tokens.len() >= 3,
+        "expected the deployer token issued and rotated at least twice, saw {}:\n{}",
+        tokens.len(),
+        server.log()
+    );
+    // Listing and revoking by hand.
+    assert_eq!(
+        captured.run(
+            "token list",
+            rekey()
+                .args(["token", "list", "--json", "--config"])
+                .arg(&config)
+        ),
+        0
+    );
+    assert_eq!(
+        captured.run(
+            "token revoke",
+            rekey()
+                .args(["token", "revoke", "abcdef", "--config"])
+                .arg(&config)
+        ),
+        0
+    );
+    assert!(
+        k.get("Secret", "kube-system", "bootstrap-token-abcdef")
+            .is_none()
+    );
+    server.terminate(Duration::from_secs(20));
+    captured.keep(
+        "rekey serve (kubernetes)",
+        std::fs::read(&server.log).unwrap(),
+    );
+    assert!(
+        seen.len() >= 6,
+        "too few secrets collected from the cluster: {}",
+        seen.len()
+    );
     assert_clean(&scanner, &captured.0);
 }
