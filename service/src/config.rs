@@ -105,7 +105,10 @@ pub struct DatabaseConfig {
     /// `postgres://user:password@host/db`; `DATABASE_URL` overrides it.
     #[serde(default, serialize_with = "redact_opt")]
     pub url: Option<SecretString>,
-    /// Pool size; defaults to twice the engine concurrency, at least 4.
+    /// A file holding the URL (e.g. a mounted Secret), read at start-up;
+    /// `url` and `DATABASE_URL` win over it.
+    pub url_file: Option<PathBuf>,
+    /// Pool size (default 16).
     pub max_connections: Option<u32>,
 }
 
@@ -461,6 +464,17 @@ impl Config {
             config.database.url = Some(SecretString::from(url.clone()));
         }
         config.resolve_paths(base);
+        if config.database.url.is_none()
+            && let Some(file) = &config.database.url_file
+        {
+            let url = std::fs::read_to_string(file).map_err(|e| {
+                ConfigError::new(
+                    "database.url_file",
+                    format!("cannot read {}: {e}", file.display()),
+                )
+            })?;
+            config.database.url = Some(SecretString::from(url.trim().to_string()));
+        }
         config.validate().map_err(|mut e| {
             e.line = e.line.or_else(|| find_line_str(text, &e.path));
             e
@@ -490,6 +504,9 @@ impl Config {
         }
         for s in &mut self.scans {
             fix(&mut s.dir);
+        }
+        if let Some(p) = &mut self.database.url_file {
+            fix(p);
         }
         if let Some(b) = &mut self.backup {
             fix(&mut b.kek_file);
@@ -1023,6 +1040,26 @@ sink = { kind = "kubernetes-secret", namespace = "ci", name = "deployer-token" }
         let mut env = BTreeMap::new();
         env.insert("REKEY_NOPE_X".to_string(), "3".to_string());
         assert!(Config::parse(GOOD, &env, Path::new("/")).is_err());
+    }
+
+    #[test]
+    fn database_url_from_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("url"), "postgres://from-file/db\n").unwrap();
+        let c = Config::parse(
+            "[database]\nurl_file = \"url\"\n",
+            &BTreeMap::new(),
+            dir.path(),
+        )
+        .unwrap();
+        assert_eq!(c.database.url().unwrap(), "postgres://from-file/db");
+        let e = Config::parse(
+            "[database]\nurl_file = \"nope\"\n",
+            &BTreeMap::new(),
+            dir.path(),
+        )
+        .unwrap_err();
+        assert_eq!(e.path, "database.url_file");
     }
 
     #[test]
