@@ -467,12 +467,15 @@ impl Config {
         if config.database.url.is_none()
             && let Some(file) = &config.database.url_file
         {
-            let url = std::fs::read_to_string(file).map_err(|e| {
-                ConfigError::new(
-                    "database.url_file",
-                    format!("cannot read {}: {e}", file.display()),
-                )
-            })?;
+            // The URL holds a password: the file's text is wiped once copied.
+            let url = std::fs::read_to_string(file)
+                .map(zeroize::Zeroizing::new)
+                .map_err(|e| {
+                    ConfigError::new(
+                        "database.url_file",
+                        format!("cannot read {}: {e}", file.display()),
+                    )
+                })?;
             config.database.url = Some(SecretString::from(url.trim().to_string()));
         }
         config.validate().map_err(|mut e| {
