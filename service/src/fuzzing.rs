@@ -32,8 +32,11 @@ use crate::{
     },
 };
 
+/// A fuzz target's body: panics on a finding.
+pub type Body = fn(&[u8]);
+
 /// Every target, by the name of its fuzz target and corpus directory.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Body)] = &[
     ("config", config),
     ("encryption_config", encryption_config),
     ("etcd_values", etcd_values),
