@@ -26,6 +26,7 @@ use rekey_integration::{
     hygiene::{Scanner, assert_clean},
     k8s_values::{encode, load, secret},
     kube::{KubeStandIn, fixtures},
+    s3::S3,
     serve::{Scenario, read_sink},
 };
 use secrecy::ExposeSecret;
@@ -356,7 +357,7 @@ async fn serve_rotations_and_database_errors_leak_no_key_or_password() {
 }
 
 #[test]
-fn backup_encrypt_decrypt_and_failures_leak_no_kek_or_data_key() {
+fn backup_encrypt_decrypt_and_failures_leak_no_kek_data_key_or_s3_secret() {
     let dir = tempfile::tempdir().unwrap();
     let p = |n: &str| dir.path().join(n);
     let kek = random_bytes(32);
@@ -436,6 +437,54 @@ fn backup_encrypt_decrypt_and_failures_leak_no_kek_or_data_key() {
     for (name, mut cmd) in failures {
         assert_ne!(captured.run(name, &mut cmd), 0, "{name} succeeded");
     }
+
+    // To S3 and back, with the access key in the config file (moto takes any secret).
+    let s3 = S3::start();
+    let aws_secret = format!("aws-{}", hex::encode(random_bytes(20)));
+    let lines: String = s3
+        .config_lines()
+        .lines()
+        .map(|l| {
+            if l.starts_with("s3_secret_access_key") {
+                format!("s3_secret_access_key = \"{aws_secret}\"\n")
+            } else {
+                format!("{l}\n")
+            }
+        })
+        .collect();
+    assert!(lines.contains(&aws_secret));
+    scanner.add("S3 secret access key", aws_secret.as_bytes());
+    let config = p("rekey.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[backup]\ndestination = \"{}\"\nkek_file = \"{}\"\n{lines}",
+            s3.url("hygiene/"),
+            p("kek.raw").display()
+        ),
+    )
+    .unwrap();
+    let object = s3.url("hygiene/one.rkb");
+    let mut up = rekey();
+    up.args(["backup", "encrypt", "--json", "--config"])
+        .arg(&config)
+        .arg("--in")
+        .arg(p("plain"))
+        .args(["--out", &object]);
+    assert_eq!(captured.run("encrypt to s3", &mut up), 0);
+    let mut down = rekey();
+    down.args(["backup", "decrypt", "--json", "--force", "--config"])
+        .arg(&config)
+        .args(["--from", &object, "--out"])
+        .arg(p("s3.out"));
+    assert_eq!(captured.run("decrypt from s3", &mut down), 0);
+    let mut missing = rekey();
+    missing
+        .args(["backup", "decrypt", "--config"])
+        .arg(&config)
+        .args(["--from", &s3.url("hygiene/none.rkb"), "--out"])
+        .arg(p("none.out"));
+    assert_ne!(captured.run("decrypt a missing object", &mut missing), 0);
     assert_clean(&scanner, &captured.0);
 }
 
