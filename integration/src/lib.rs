@@ -6,6 +6,7 @@
 //! API stand-in. A missing service fails the test with a message saying how
 //! to install it; nothing is skipped.
 
+pub mod api;
 pub mod bin;
 pub mod etcd;
 pub mod hygiene;

@@ -261,6 +261,15 @@ async fn rotate_now_requests_join_the_one_in_flight() {
         other => panic!("{other:?}"),
     };
     assert_eq!(first.id, second.id);
+    // A request with an idempotency key that joins the rotation in flight...
+    match store
+        .request_rotation("cert/t/web", "CN=ops", None, Some("k-join"))
+        .await
+        .unwrap()
+    {
+        RequestOutcome::Existing(r) => assert_eq!(r.id, first.id),
+        other => panic!("{other:?}"),
+    }
     assert!(matches!(
         store
             .request_rotation("cert/nope", "x", None, None)
@@ -274,6 +283,17 @@ async fn rotate_now_requests_join_the_one_in_flight() {
     assert_eq!(done.trigger, "manual");
     assert_eq!(done.requested_by, "CN=ops");
     assert_eq!(done.reason.as_deref(), Some("key leaked"));
+    // ...gets that same rotation back when retried after it finished.
+    match store
+        .request_rotation("cert/t/web", "CN=ops", None, Some("k-join"))
+        .await
+        .unwrap()
+    {
+        RequestOutcome::Existing(r) => {
+            assert_eq!((r.id, r.status.as_str()), (first.id, "succeeded"))
+        }
+        other => panic!("{other:?}"),
+    }
     assert!(done.version_id.is_some());
     // With nothing in flight, a new request is a new rotation; an idempotency key replays.
     let third = match store

@@ -182,6 +182,24 @@ async fn every_request_is_allowed_and_every_permission_is_used() {
     .unwrap();
     assert_eq!(legacy::discover(&db.store, &client).await.unwrap(), 1);
 
+    // Admin API bearer tokens: TokenReview, then SubjectAccessReview.
+    k.put(json!({"apiVersion": "v1", "kind": "ServiceAccount",
+        "metadata": {"name": "api-caller", "namespace": "ci"}}))
+        .unwrap();
+    let token = k.mint_sa_token("ci", "api-caller", &["rekey"], Duration::from_secs(3600));
+    let reviews = rekey::api::auth::TokenAuthenticator::new(client.clone(), vec!["rekey".into()]);
+    let user = reviews
+        .authenticate(&SecretString::from(token))
+        .await
+        .unwrap()
+        .expect("the stand-in accepts its own ServiceAccount token");
+    assert!(
+        !reviews
+            .authorize(&user, rekey::api::auth::Action::ListCredentials, None)
+            .await
+            .unwrap()
+    );
+
     assert!(
         k.denied().is_empty(),
         "requests refused by deploy/ RBAC: {:#?}",

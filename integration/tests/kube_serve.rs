@@ -280,7 +280,7 @@ async fn service_account_token_rotated_with_exp_and_aud() {
          audiences = [\"https://vault.example\", \"ci\"]\nlifetime = \"10m\"\nrenew_fraction = 0.01\n\
          sink = {{ kind = \"kubernetes-secret\", namespace = \"ci\", name = \"deployer-token\" }}\n\n\
          [[token]]\nname = \"sa-token/ci/builder\"\nnamespace = \"ci\"\nservice_account = \"builder\"\n\
-         lifetime = \"1h\"\nbound = true\n\
+         lifetime = \"10m\"\nrenew_fraction = 0.01\nbound = true\ngrace = \"1s\"\n\
          sink = {{ kind = \"kubernetes-secret\", namespace = \"ci\", name = \"builder-token\" }}\n",
         s.config_head("max_jitter = \"0s\""),
         kube_section(&k, ""),
@@ -352,6 +352,45 @@ async fn service_account_token_rotated_with_exp_and_aud() {
         claims.aud,
         vec![rekey_integration::kube::auth::API_AUDIENCE]
     );
+    // Rotated after ~6 s; after the 1 s grace the superseded version is
+    // retired: its per-version Secret deleted, so its token stops working.
+    let b2 = next_version(
+        &k,
+        "ci",
+        "builder-token",
+        version_of(&b),
+        Duration::from_secs(30),
+        &server,
+    );
+    let old_token = data(&b, "token");
+    let audience = vec![rekey_integration::kube::auth::API_AUDIENCE.to_string()];
+    assert!(k.authenticate(&data(&b2, "token"), &audience).is_ok());
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while k.get("Secret", "ci", &bound.name).is_some() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the superseded bound token was never retired:\n{}",
+            server.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        k.authenticate(&old_token, &audience).is_err(),
+        "a retired bound token must stop authenticating"
+    );
+    let mut status = String::new();
+    for _ in 0..50 {
+        status = sqlx::query_scalar("SELECT status FROM credential_versions WHERE id = $1")
+            .bind(version_of(&b).unwrap())
+            .fetch_one(s.db.pool())
+            .await
+            .unwrap();
+        if status == "revoked" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(status, "revoked");
     assert!(k.denied().is_empty(), "{:?}", k.denied());
 }
 

@@ -19,7 +19,19 @@ use serde::{Deserialize, Serialize};
 use crate::units::HumanDuration;
 
 /// Variables with the `REKEY_` prefix that are not config overrides.
-const RESERVED_ENV: &[&str] = &["REKEY_CONFIG", "REKEY_LOG", "REKEY_LOG_FORMAT", "REKEY_BIN"];
+const RESERVED_ENV: &[&str] = &[
+    "REKEY_CONFIG",
+    "REKEY_LOG",
+    "REKEY_LOG_FORMAT",
+    "REKEY_BIN",
+    // admin API client flags (`rekey rotate`, `rekey status --server`)
+    "REKEY_SERVER",
+    "REKEY_CLIENT_CERT",
+    "REKEY_CLIENT_KEY",
+    "REKEY_CACERT",
+    // crash points of debug builds (`crate::crash`)
+    "REKEY_CRASH_AT",
+];
 
 /// Default share of a credential's lifetime after which it is renewed.
 pub const DEFAULT_RENEW_FRACTION: f64 = 2.0 / 3.0;
@@ -546,6 +558,9 @@ impl Config {
             && let Some(p) = &mut k.kubeconfig
         {
             fix(p);
+        }
+        if let Some(a) = &mut self.api {
+            a.resolve_paths(base);
         }
     }
 

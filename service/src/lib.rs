@@ -24,6 +24,7 @@ pub mod api;
 pub mod backup;
 pub mod cli;
 pub mod config;
+pub mod crash;
 pub mod devdb;
 pub mod error;
 pub mod etcd;

@@ -26,3 +26,69 @@ pub fn init_logging(filter: &str, format: LogFormat) -> Result<(), String> {
     };
     result.map_err(|e| e.to_string())
 }
+
+/// Histogram buckets (seconds) for rotation and request durations: from a
+/// fast ECDSA issue on a file sink to a slow RSA-4096 rotation with a rollout.
+const DURATION_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
+];
+
+static METRICS: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> =
+    std::sync::OnceLock::new();
+
+/// Installs the process-wide Prometheus recorder once and returns its handle
+/// (later calls return the same handle). Every module records with the
+/// `metrics` macros; `/metrics` renders through this handle.
+pub fn install_metrics_recorder() -> metrics_exporter_prometheus::PrometheusHandle {
+    METRICS
+        .get_or_init(|| {
+            use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+            let builder = PrometheusBuilder::new()
+                .set_buckets_for_metric(
+                    Matcher::Suffix("_duration_seconds".into()),
+                    DURATION_BUCKETS,
+                )
+                .expect("duration buckets are not empty");
+            let recorder = builder.build_recorder();
+            let handle = recorder.handle();
+            // Another recorder may already be installed (a test harness): then
+            // this handle still renders what is recorded through it, nothing else.
+            if metrics::set_global_recorder(recorder).is_err() {
+                tracing::warn!("a metrics recorder was already installed; /metrics shows only rekey's own gauges");
+            }
+            describe_metrics();
+            handle
+        })
+        .clone()
+}
+
+/// Help texts of the metrics every module records (names from the issue list).
+fn describe_metrics() {
+    use metrics::{Unit, describe_counter, describe_histogram};
+    describe_counter!(
+        "rekey_rotations_total",
+        "Rotations finished, by credential kind, trigger and outcome."
+    );
+    describe_histogram!(
+        "rekey_rotation_duration_seconds",
+        Unit::Seconds,
+        "Time from claiming a credential to committing its new version."
+    );
+    describe_counter!(
+        "rekey_bootstrap_tokens_revoked_total",
+        "Bootstrap tokens revoked."
+    );
+    describe_counter!(
+        "rekey_api_requests_total",
+        "Admin API requests answered, by route, method and status."
+    );
+    describe_histogram!(
+        "rekey_api_request_duration_seconds",
+        Unit::Seconds,
+        "Admin API request latency, by route."
+    );
+    describe_counter!(
+        "rekey_api_tls_handshake_failures_total",
+        "TLS handshakes the admin API refused (no or untrusted client certificate, timeouts)."
+    );
+}

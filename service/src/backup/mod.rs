@@ -281,6 +281,9 @@ pub async fn run_backup(
     }
     .await;
     let elapsed = started.elapsed().as_secs_f64();
+    if result.is_ok() {
+        crate::crash::point("backup-before-record");
+    }
     match result {
         Ok((enc, revision)) => {
             let record = records::mark_completed(

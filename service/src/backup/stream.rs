@@ -199,6 +199,9 @@ where
             written += record.len() as u64;
             chunks += 1;
             pool.give(record);
+            if chunks == 2 {
+                crate::crash::point("backup-mid-stream");
+            }
         }
         out.flush().await.map_err(StreamError::Write)
     }

@@ -5,7 +5,7 @@
 
 mod ca;
 pub(crate) mod db;
-mod status;
+pub(crate) mod status;
 
 pub use status::{relative, table as status_table};
 
@@ -83,6 +83,14 @@ pub struct RotateArgs {
     /// Why, for the audit record.
     #[arg(long)]
     pub reason: Option<String>,
+    /// With --wait: give up waiting after this long (the rotation goes on).
+    #[arg(long, default_value = "5m")]
+    pub timeout: crate::units::HumanDuration,
+    /// Print the rotation as JSON.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub client: crate::api::client::ClientArgs,
 }
 
 /// Entry point of the binary: parses arguments, runs, maps errors to exit codes.
@@ -125,11 +133,19 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Status(args) => status::run(args).await,
         Command::Ca(cmd) => ca::run(cmd),
         Command::Migrate(args) => db::migrate(args).await,
+        Command::Rotate(a) => {
+            crate::api::client::rotate_command(
+                &a.client,
+                &a.name,
+                a.wait,
+                a.reason.as_deref(),
+                a.json,
+                a.timeout.get(),
+            )
+            .await
+        }
         Command::Token(cmd) => crate::k8s::cli::run(cmd).await,
         Command::Etcd(cmd) => crate::etcd::cli::run(cmd).await,
         Command::Backup(cmd) => crate::backup::cli::run(cmd).await,
-        Command::Rotate(_) => {
-            anyhow::bail!("this command is not available in this build yet")
-        }
     }
 }

@@ -19,6 +19,9 @@ pub struct StatusArgs {
     pub json: bool,
     #[command(flatten)]
     pub db: DbArgs,
+    /// Ask a running server's admin API (`--server URL`) instead of the database.
+    #[command(flatten)]
+    pub client: crate::api::client::ClientArgs,
 }
 
 /// One row of `rekey status --json`.
@@ -164,6 +167,9 @@ pub async fn print(store: &Store, json: bool) -> anyhow::Result<bool> {
 
 /// Runs `rekey status`.
 pub async fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
+    if args.client.server.is_some() {
+        return crate::api::client::status_command(&args.client, args.json).await;
+    }
     let config = args.db.load_config()?;
     let store = args.db.connect().await?;
     if let Some(c) = &config

@@ -66,6 +66,19 @@ impl Kube {
     }
 
     /// The engine's TokenRequest issuer.
+    /// The bootstrap-token watcher, to run under leader election.
+    pub async fn bootstrap_watcher(
+        &self,
+        store: Store,
+        config: crate::k8s::BootstrapTokensConfig,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<()> {
+        bootstrap::run(store, self.client.clone(), config, shutdown)
+            .await
+            .map_err(anyhow::Error::from)
+    }
+
+    /// The engine's token issuer.
     pub fn token_issuer(&self) -> Arc<dyn TokenIssuer> {
         Arc::new(KubeTokens(self.client.clone()))
     }
@@ -77,24 +90,16 @@ impl Kube {
 
     /// Spawns the bootstrap-token watcher (when `[bootstrap_tokens]` is
     /// present) and periodic legacy-token discovery onto `tasks`.
+    /// Spawns the jobs every replica runs (legacy-token discovery). The
+    /// bootstrap-token watcher runs on one replica at a time: see
+    /// [`Kube::bootstrap_watcher`].
     pub fn spawn_jobs(
         &self,
-        config: &Config,
+        _config: &Config,
         store: &Store,
         shutdown: &CancellationToken,
         tasks: &mut JoinSet<(&'static str, anyhow::Result<()>)>,
     ) {
-        if let Some(b) = config.bootstrap_tokens.clone() {
-            let (store, client, shutdown) = (store.clone(), self.client.clone(), shutdown.clone());
-            tasks.spawn(async move {
-                (
-                    "bootstrap-token watcher",
-                    bootstrap::run(store, client, b, shutdown)
-                        .await
-                        .map_err(anyhow::Error::from),
-                )
-            });
-        }
         let (store, client, shutdown) = (store.clone(), self.client.clone(), shutdown.clone());
         tasks.spawn(async move {
             loop {

@@ -237,7 +237,7 @@ impl Engine {
                     None
                 }
             };
-        let _ = self.running.send(true);
+        self.running.send_replace(true);
         let mut in_flight = tokio::task::JoinSet::new();
         let mut db_failures = 0u32;
         let poll = self.deps.config.poll_interval.get();
@@ -261,7 +261,7 @@ impl Engine {
                 Ok(claimed) if !claimed.is_empty() => {
                     if db_failures > 0 {
                         tracing::info!("Postgres reachable again");
-                        let _ = self.running.send(true);
+                        self.running.send_replace(true);
                     }
                     db_failures = 0;
                     let permits = match self
@@ -282,7 +282,7 @@ impl Engine {
                 Ok(_) => {
                     if db_failures > 0 {
                         tracing::info!("Postgres reachable again");
-                        let _ = self.running.send(true);
+                        self.running.send_replace(true);
                     }
                     db_failures = 0;
                     let wait = match self.deps.store.next_due_at().await {
@@ -300,7 +300,7 @@ impl Engine {
                     if db_failures == 1 {
                         tracing::error!(error = %e, "cannot claim work; retrying with backoff");
                     }
-                    let _ = self.running.send(false);
+                    self.running.send_replace(false);
                     let backoff = Duration::from_millis(200 * (1 << db_failures.min(5)));
                     tokio::select! {
                         _ = shutdown.cancelled() => break,
@@ -312,7 +312,7 @@ impl Engine {
                 }
             }
         }
-        let _ = self.running.send(false);
+        self.running.send_replace(false);
         tracing::info!(
             in_flight = in_flight.len(),
             "engine stopping: letting in-flight rotations finish"
@@ -362,6 +362,7 @@ impl Engine {
     }
 
     async fn process_batch(&self, claimed: Vec<Claimed>) {
+        crate::crash::point("engine-after-claim");
         let mut items: Vec<Item> = claimed
             .into_iter()
             .map(|c| Item {
@@ -412,6 +413,8 @@ impl Engine {
             }
         }
 
+        crate::crash::point("engine-after-issue");
+
         // Open attempts with the versions' facts; only credentials still owned go on.
         let openings: Vec<Opening> = items
             .iter()
@@ -453,6 +456,8 @@ impl Engine {
                 }
             }
         }
+
+        crate::crash::point("engine-after-open");
 
         // Publish: the commit point.
         let timeout = self.deps.config.lease.get() / 2;
@@ -497,6 +502,9 @@ impl Engine {
                 Some(Err(e)) => item.failure = Some((e, true)),
                 None => {}
             }
+        }
+        if !successes.is_empty() {
+            crate::crash::point("engine-after-publish");
         }
         self.commit(&mut items, successes, EventOutcome::Succeeded)
             .await;
@@ -699,6 +707,7 @@ impl Engine {
             .collect();
         match self.deps.store.commit_successes(&successes, &audit).await {
             Ok(committed) => {
+                crate::crash::point("engine-after-commit");
                 for s in &successes {
                     let Some(item) = items.iter_mut().find(|i| i.claimed.id == s.credential_id)
                     else {

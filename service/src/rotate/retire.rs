@@ -51,6 +51,7 @@ pub async fn retire_due(
         };
         match tokens.retire(&spec, &details).await {
             Ok(()) => {
+                crate::crash::point("retire-after-revoke");
                 revoked.push(id);
                 let mut e =
                     NewEvent::new(actor, "credential.retire_version", &name, Outcome::Success);

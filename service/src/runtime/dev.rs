@@ -36,6 +36,9 @@ pub struct DevArgs {
     /// Use this Postgres instead of starting a throwaway one.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
+    /// Where the admin API listens (mutual TLS; certificates under STATE_DIR/api).
+    #[arg(long, default_value = "127.0.0.1:8443")]
+    pub api_listen: std::net::SocketAddr,
 }
 
 /// The demo configuration: a few certificates with lifetimes of minutes.
@@ -152,7 +155,8 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
         }
     };
     ensure_ca(&state.join("ca"))?;
-    let toml = dev_config_toml(&state, &url);
+    let dev_api = crate::api::dev::dev_certs(&state, &args.api_listen.to_string(), Utc::now())?;
+    let toml = dev_config_toml(&state, &url) + &dev_api.config_toml();
     std::fs::write(state.join("rekey.toml"), &toml)?;
     let config = Config::parse(&toml, &BTreeMap::new(), &state)
         .map_err(|e| anyhow::anyhow!("dev config: {e}"))?;
@@ -169,6 +173,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
         state.join("rekey.toml").display()
     );
     println!("  status from another shell: rekey status --database-url '{url}'");
+    print!("  {}", dev_api.usage(args.api_listen));
     println!("  Ctrl-C stops everything, Postgres included.\n");
 
     let store = running.store.clone();

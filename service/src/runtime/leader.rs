@@ -4,8 +4,10 @@
 //!
 //! The lock lives on a dedicated connection: if this replica dies or loses
 //! its connection, Postgres releases the lock and another replica takes over
-//! within [`RETRY`]. The leader checks its connection every [`HEARTBEAT`] and
-//! cancels its job the moment the connection fails. Each leadership bumps an
+//! within [`RETRY`]. The leader checks its connection every [`HEARTBEAT`]
+//! (each check bounded by a heartbeat) and cancels its job the moment the
+//! check fails; a new leader waits [`TAKEOVER_DELAY`] before starting, so
+//! the two never overlap. Each leadership bumps an
 //! epoch in `leadership` (a fencing token, logged and passed to the job).
 
 use std::{future::Future, time::Duration};
@@ -20,6 +22,11 @@ pub const HEARTBEAT: Duration = Duration::from_secs(2);
 
 /// How often a follower tries to take the lock.
 pub const RETRY: Duration = Duration::from_secs(2);
+
+/// How long a new leader waits before starting its job: by then a deposed
+/// leader has failed a heartbeat (each is bounded by [`HEARTBEAT`]) and
+/// stopped, so two leaders never run at once.
+pub const TAKEOVER_DELAY: Duration = Duration::from_secs(5);
 
 async fn try_lead(
     store: &Store,
@@ -80,6 +87,12 @@ pub async fn lead<F, Fut>(
                 }
             }
         };
+        if epoch > 1 {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(TAKEOVER_DELAY) => {}
+            }
+        }
         tracing::info!(job = name, epoch, replica = %replica, "leading");
         metrics::gauge!("rekey_leader", "job" => name).set(1.0);
         let led = shutdown.child_token();
@@ -99,8 +112,9 @@ pub async fn lead<F, Fut>(
                     break;
                 }
                 _ = heartbeat.tick() => {
-                    if let Err(e) = sqlx::query("SELECT 1").execute(&mut conn).await {
-                        tracing::warn!(job = name, epoch, error = %e, "lost the leader lock's connection: stopping the job");
+                    let alive = tokio::time::timeout(HEARTBEAT, sqlx::query("SELECT 1").execute(&mut conn)).await;
+                    if !matches!(alive, Ok(Ok(_))) {
+                        tracing::warn!(job = name, epoch, "lost the leader lock's connection: stopping the job");
                         led.cancel();
                     }
                 }

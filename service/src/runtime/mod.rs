@@ -100,6 +100,9 @@ pub fn load_ca(config: &Config) -> anyhow::Result<Option<Arc<CertAuthority>>> {
 
 /// Starts everything the configuration asks for.
 pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Result<Running> {
+    // Before anything records a metric, so nothing is lost.
+    crate::telemetry::install_metrics_recorder();
+    crate::backup::describe_metrics();
     let ca = load_ca(&config)?;
     let store = connect(&config).await?;
     let replica = config
@@ -138,6 +141,9 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         tokens: kube.as_ref().map(|k| k.token_issuer()),
         reload: kube.as_ref().map(|k| k.reload()),
     });
+    // Subscribed before the engine starts: a watch value sent while nobody
+    // listens is dropped, and /readyz would never see the engine running.
+    let engine_alive = engine.running();
     let mut tasks = JoinSet::new();
     {
         let engine = engine.clone();
@@ -151,6 +157,29 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     }
     if let Some(k) = &kube {
         k.spawn_jobs(&config, &store, &shutdown, &mut tasks);
+        let (store, tokens, actor, shutdown) = (
+            store.clone(),
+            k.token_issuer(),
+            format!("rekey/{}", engine.replica()),
+            shutdown.clone(),
+        );
+        tasks.spawn(async move {
+            crate::rotate::retire::run(store, tokens, actor, shutdown).await;
+            ("token retirement", Ok(()))
+        });
+    }
+    spawn_led_jobs(
+        &config,
+        &store,
+        engine.replica(),
+        kube.as_ref(),
+        &shutdown,
+        &mut tasks,
+    );
+    if config.api.is_some() || config.metrics.is_some() {
+        let client = kube.as_ref().map(|k| k.client.clone());
+        let running = start_api(&config, &store, engine_alive, client, shutdown.clone()).await?;
+        tasks.spawn(async move { ("api", running.wait().await.map_err(anyhow::Error::from)) });
     }
     if !config.scans.is_empty() {
         let dirs: Vec<_> = config.scans.iter().map(|s| s.dir.clone()).collect();
@@ -175,6 +204,151 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         store,
         shutdown,
         tasks,
+    })
+}
+
+/// Starts the admin API (`[api]`) and the metrics listener (`[metrics]`).
+/// Jobs that run on one replica at a time, under [`leader::lead`].
+fn spawn_led_jobs(
+    config: &Config,
+    store: &Store,
+    replica: &str,
+    kube: Option<&crate::k8s::wiring::Kube>,
+    shutdown: &CancellationToken,
+    tasks: &mut JoinSet<(&'static str, anyhow::Result<()>)>,
+) {
+    if let (Some(k), Some(b)) = (kube, config.bootstrap_tokens.clone()) {
+        let (store, k, replica, shutdown) = (
+            store.clone(),
+            k.clone(),
+            replica.to_string(),
+            shutdown.clone(),
+        );
+        tasks.spawn(async move {
+            leader::lead(
+                store.clone(),
+                "bootstrap-tokens",
+                replica,
+                shutdown,
+                |led, _epoch| k.bootstrap_watcher(store.clone(), b.clone(), led),
+            )
+            .await;
+            ("bootstrap-token watcher", Ok(()))
+        });
+    }
+    if let Some(etcd) = config.etcd.clone().filter(|e| e.check_schedule.is_some()) {
+        let (store, replica, shutdown) = (store.clone(), replica.to_string(), shutdown.clone());
+        tasks.spawn(async move {
+            leader::lead(
+                store.clone(),
+                "etcd-check",
+                replica,
+                shutdown,
+                |led, _epoch| {
+                    let (store, etcd) = (store.clone(), etcd.clone());
+                    async move {
+                        crate::etcd::job::run_scheduled(store, etcd, led)
+                            .await
+                            .map_err(anyhow::Error::from)
+                    }
+                },
+            )
+            .await;
+            ("scheduled etcd check", Ok(()))
+        });
+    }
+    if let (Some(backup), Some(etcd)) = (
+        config.backup.clone().filter(|b| b.schedule.is_some()),
+        config.etcd.clone(),
+    ) {
+        let (store, replica, shutdown) = (store.clone(), replica.to_string(), shutdown.clone());
+        tasks.spawn(async move {
+            let actor = format!("rekey/{replica}");
+            leader::lead(store.clone(), "backup", replica, shutdown, |led, _epoch| {
+                scheduled_backups(
+                    store.clone(),
+                    backup.clone(),
+                    etcd.clone(),
+                    actor.clone(),
+                    led,
+                )
+            })
+            .await;
+            ("scheduled backups", Ok(()))
+        });
+    }
+}
+
+/// Runs `rekey backup run` on `[backup].schedule` (and prunes to `keep`).
+async fn scheduled_backups(
+    store: Store,
+    backup: crate::backup::BackupConfig,
+    etcd: crate::etcd::EtcdConfig,
+    actor: String,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let expr = backup.schedule.clone().unwrap_or_default();
+    let schedule = crate::config::parse_cron(&expr)
+        .map_err(|e| BadInput::msg(format!("backup.schedule: {e}")))?;
+    tracing::info!(schedule = %expr, destination = %backup.destination, "scheduled backups");
+    loop {
+        let Some(next) = schedule.after(&chrono::Utc::now()).next() else {
+            shutdown.cancelled().await;
+            return Ok(());
+        };
+        let wait = (next - chrono::Utc::now()).to_std().unwrap_or_default();
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(wait) => {}
+        }
+        let opts = crate::backup::RunOptions::quiet(actor.clone());
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            result = crate::backup::run_backup(&store, &backup, &etcd, &opts) => match result {
+                Ok(r) => tracing::info!(backup = %r.id, location = %r.location, "scheduled backup completed"),
+                Err(e) => tracing::error!(error = %e, "scheduled backup failed"),
+            },
+        }
+    }
+}
+
+pub async fn start_api(
+    config: &Config,
+    store: &Store,
+    engine_alive: tokio::sync::watch::Receiver<bool>,
+    kube: Option<kube::Client>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<crate::api::Running> {
+    let mut state = crate::api::ApiState::new(store.clone(), engine_alive);
+    state.capabilities = Arc::new(crate::api::Capabilities {
+        etcd: config.etcd.clone(),
+        backup: config.backup.clone(),
+        bootstrap_tokens: config.bootstrap_tokens.clone(),
+    });
+    state.kube = kube.clone();
+    if config.api.as_ref().is_some_and(|a| a.token_review) {
+        state.kube = match kube {
+            Some(c) => Some(c),
+            None => Some(
+                crate::k8s::client_for(config.kubernetes.as_ref())
+                    .await
+                    .map_err(|e| BadInput::msg(format!("api.token_review: {e}")))?,
+            ),
+        };
+    }
+    crate::api::start(
+        state,
+        config.api.as_ref(),
+        config.metrics.as_ref().map(|m| m.listen.as_str()),
+        shutdown,
+    )
+    .await
+    .map_err(|e| {
+        if e.is_bad_input() {
+            anyhow::Error::new(BadInput::new(e))
+        } else {
+            anyhow::Error::new(e)
+        }
     })
 }
 

@@ -91,8 +91,11 @@ impl FileSink {
             format!("{}\n", p.version).as_bytes(),
             0o644,
         )?);
-        for (tmp, target) in &staged {
+        for (i, (tmp, target)) in staged.iter().enumerate() {
             std::fs::rename(tmp, target).map_err(io(target))?;
+            if i == 0 {
+                crate::crash::point("sink-mid-publish");
+            }
         }
         File::open(dir)
             .and_then(|d| d.sync_all())

@@ -64,6 +64,26 @@ pub enum RequestOutcome {
     NotFound,
 }
 
+async fn remember_key(
+    tx: &mut sqlx::PgConnection,
+    credential_id: i64,
+    key: Option<&str>,
+    rotation_id: Uuid,
+) -> Result<(), StoreError> {
+    if let Some(key) = key {
+        sqlx::query(
+            "INSERT INTO rotation_requests (credential_id, idempotency_key, rotation_id) VALUES ($1, $2, $3)
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(credential_id)
+        .bind(key)
+        .bind(rotation_id)
+        .execute(tx)
+        .await?;
+    }
+    Ok(())
+}
+
 const COLUMNS: &str =
     "r.id, c.name AS credential, r.trigger, r.requested_by, r.reason, r.due_at, r.status,
     r.version_id, r.replica, r.requested_at, r.started_at, r.finished_at, r.error";
@@ -93,9 +113,12 @@ impl Store {
         };
         if let Some(key) = idempotency_key {
             let sql = format!(
-                "SELECT {COLUMNS} FROM rotations r JOIN credentials c ON c.id = r.credential_id WHERE r.idempotency_key = $1"
+                "SELECT {COLUMNS} FROM rotation_requests q
+                 JOIN rotations r ON r.id = q.rotation_id JOIN credentials c ON c.id = r.credential_id
+                 WHERE q.credential_id = $1 AND q.idempotency_key = $2"
             );
             if let Some(r) = sqlx::query_as::<_, Rotation>(sqlx::AssertSqlSafe(sql))
+                .bind(id)
                 .bind(key)
                 .fetch_optional(&mut *tx)
                 .await?
@@ -113,21 +136,23 @@ impl Store {
             .fetch_optional(&mut *tx)
             .await?
         {
-            tx.rollback().await?;
+            // Joining the rotation in flight: the key now names it.
+            remember_key(&mut tx, id, idempotency_key, r.id).await?;
+            tx.commit().await?;
             return Ok(RequestOutcome::Existing(r));
         }
         let rid = Uuid::new_v4();
         sqlx::query(
-            "INSERT INTO rotations (id, credential_id, trigger, requested_by, reason, status, idempotency_key)
-             VALUES ($1, $2, 'manual', $3, $4, 'queued', $5)",
+            "INSERT INTO rotations (id, credential_id, trigger, requested_by, reason, status)
+             VALUES ($1, $2, 'manual', $3, $4, 'queued')",
         )
         .bind(rid)
         .bind(id)
         .bind(actor)
         .bind(reason)
-        .bind(idempotency_key)
         .execute(&mut *tx)
         .await?;
+        remember_key(&mut tx, id, idempotency_key, rid).await?;
         sqlx::query(
             "UPDATE credentials SET next_rotation_at = now(), next_rotation_reason = 'manual', updated_at = now()
              WHERE id = $1",

@@ -73,6 +73,7 @@ pub async fn finish(
     uid: Option<&str>,
     actor: &str,
 ) -> Result<bool, K8sError> {
+    crate::crash::point("bootstrap-after-claim");
     let name = format!("{}{id}", model::SECRET_PREFIX);
     let dp = DeleteParams {
         preconditions: uid.map(|u| Preconditions {
@@ -92,6 +93,7 @@ pub async fn finish(
         Err(e) if e.is_not_found() || e.is_conflict() => {}
         Err(e) => return Err(e),
     }
+    crate::crash::point("bootstrap-after-delete");
     let done = db::finish_revocation(store, id, actor).await?;
     if done {
         tracing::info!(token = id, "bootstrap token revoked");
@@ -285,6 +287,7 @@ impl Watcher {
         };
         let registered = self.nodes.contains(&join.node_name);
         if db::record_join(&self.store, &join, registered, deleted).await? {
+            crate::crash::point("bootstrap-after-join");
             let mut ev = NewEvent::new(
                 ACTOR,
                 "bootstrap_token.join",
