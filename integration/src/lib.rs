@@ -9,6 +9,7 @@
 pub mod api;
 pub mod bin;
 pub mod etcd;
+pub mod hygiene;
 pub mod k8s_values;
 pub mod kube;
 pub mod pg;
