@@ -210,4 +210,14 @@ done
 # KEK files (the header target parses its input as a KEK file too).
 cp "$tmp/kek" "$corpus/backup_header/seed-kek-raw"
 base64 < "$tmp/kek" > "$corpus/backup_header/seed-kek-base64"
+# --- api_request ----------------------------------------------------------------
+# URI, Content-Type, Authorization, body (one per line); and a client certificate.
+mkdir -p "$corpus/api_request"
+printf '/v1/audit?actor=CN%%3Dops&action=credential.rotate&after=10&limit=50\napplication/json\nBearer eyJhbGciOiJSUzI1NiJ9.e30.sig\n{"reason":"key compromise"}' > "$corpus/api_request/seed-audit"
+printf '/v1/credentials/cert%%2Fdefault%%2Fweb/rotate?wait=true\napplication/json; charset=utf-8\nreq-1234_abc:x\n{"reason": null}' > "$corpus/api_request/seed-rotate"
+printf '/v1/backups?include_pruned=true&completed_only=false&limit=1000\ntext/plain\nbasic dXNlcjpwYXNz\n\n  \n' > "$corpus/api_request/seed-backups"
+printf '/v1/audit?limit=-1&after=abc\napplication/json\nBearer    \n{"reason":"x","extra":1}' > "$corpus/api_request/seed-bad"
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$tmp/client.key" \
+  -subj "/CN=ops/O=rekey" -days 1 -outform DER -out "$corpus/api_request/seed-client-cert.der" 2>/dev/null
+
 echo "seeded $(find "$corpus" -name 'seed-*' | wc -l) inputs under $corpus"

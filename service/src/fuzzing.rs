@@ -42,6 +42,7 @@ pub const TARGETS: &[(&str, Body)] = &[
     ("etcd_values", etcd_values),
     ("backup_header", backup_header),
     ("backup_stream", backup_stream),
+    ("api_request", api_request),
 ];
 
 /// The fixed KEK the backup targets decrypt with (raw bytes; seeds are
@@ -402,5 +403,79 @@ mod tests {
     #[test]
     fn the_fuzz_encryption_config_parses() {
         assert!(encryption::parse(FUZZ_ENCRYPTION_CONFIG).is_ok());
+    }
+}
+
+/// The admin API's parsing of a request before any handler runs: the query
+/// strings of `/v1/audit`, `/v1/credentials/{name}/rotate` and `/v1/backups`,
+/// the "rotate now" JSON body with its `Content-Type`, `Authorization:
+/// Bearer`, `x-request-id`, and the subject of a client certificate (DER, as
+/// the TLS handshake hands it over). The input is up to four lines: URI,
+/// Content-Type, Authorization (also tried as a request id), then the body;
+/// the whole input is also tried as a certificate.
+pub fn api_request(data: &[u8]) {
+    use axum::{
+        body::Bytes,
+        extract::Query,
+        http::{HeaderMap, HeaderValue, Uri, header},
+    };
+
+    use crate::api::{auth, problem::HttpError, routes};
+
+    let mut parts = data.splitn(4, |&b| b == b'\n');
+    let uri = parts.next().unwrap_or_default();
+    let content_type = parts.next().unwrap_or_default();
+    let authorization = parts.next().unwrap_or_default();
+    let body = parts.next().unwrap_or_default();
+
+    if let Ok(uri) = Uri::try_from(uri) {
+        if let Ok(Query(q)) = Query::<routes::AuditQuery>::try_from_uri(&uri) {
+            let _ = (q.actor, q.action, q.target, q.after, q.limit);
+        }
+        let _ = Query::<routes::RotateQuery>::try_from_uri(&uri);
+        let _ = Query::<routes::BackupsQuery>::try_from_uri(&uri);
+    }
+
+    let mut headers = HeaderMap::new();
+    if let Ok(v) = HeaderValue::from_bytes(content_type) {
+        headers.insert(header::CONTENT_TYPE, v);
+    }
+    let body = Bytes::copy_from_slice(body);
+    match routes::parse_body::<routes::RotateRequest>(&headers, &body) {
+        Ok(None) => assert!(
+            body.iter().all(u8::is_ascii_whitespace),
+            "a non-empty body read as no body"
+        ),
+        Ok(Some(request)) => {
+            // What was accepted survives a round trip unchanged.
+            let again: routes::RotateRequest =
+                serde_json::from_slice(&serde_json::to_vec(&request).expect("serialises"))
+                    .expect("re-parses");
+            assert_eq!(again.reason, request.reason);
+        }
+        Err(HttpError::BadRequest(m)) | Err(HttpError::UnsupportedMediaType(m)) => {
+            assert!(!m.is_empty(), "an empty error message");
+        }
+        Err(other) => panic!("unexpected rejection of a body: {other:?}"),
+    }
+
+    if let Ok(text) = std::str::from_utf8(authorization) {
+        if let Some(token) = auth::bearer_token(Some(text)) {
+            let secret = token.expose_secret();
+            assert!(!secret.is_empty() && secret.trim() == secret);
+            if secret.len() >= 4 {
+                assert!(
+                    !format!("{token:?}").contains(secret),
+                    "a bearer token shown by Debug"
+                );
+            }
+        }
+        if routes::valid_request_id(text) {
+            assert!(text.len() <= 128 && !text.contains(['\r', '\n', ' ']));
+        }
+    }
+
+    if let Some(identity) = auth::identity_from_der(data) {
+        let _ = (identity.subject, identity.common_name);
     }
 }
