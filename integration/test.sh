@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
 
-log() { printf '\n==> %s\n' "$*"; }
+log() { printf '\n==> [%s] %s\n' "$(date +%T)" "$*"; }
 
 # --- system packages -------------------------------------------------------
 need_apt=()
@@ -104,6 +104,37 @@ log "cargo fmt --check"
 cargo fmt --all -- --check
 log "cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
+# --- dependency audit: cargo-deny against the offline advisory database -----
+# Policy in deny.toml. CI runs from a clone next to shared/, so the database is
+# found relative to the repository; nothing is fetched.
+deny_version=0.20.2
+if [ "$(cargo deny --version 2>/dev/null)" != "cargo-deny $deny_version" ]; then
+  log "installing cargo-deny $deny_version"
+  cargo install --locked "cargo-deny@$deny_version"
+fi
+advisory_src="$(git rev-parse --show-toplevel)/../shared/advisory-db"
+if [ ! -f "$advisory_src/SOURCE" ] || [ ! -d "$advisory_src/crates" ]; then
+  echo "error: no RustSec advisory database at $advisory_src" >&2
+  echo "       (a copy of rustsec/advisory-db must sit in shared/ next to the repository)" >&2
+  exit 1
+fi
+# cargo-deny opens the database for deny.toml's db-urls entry in this
+# subdirectory of db-path, and insists on a git repository: make one.
+export REKEY_ADVISORY_DBS="$root/target/advisory-dbs"
+advisory_db="$REKEY_ADVISORY_DBS/advisory-db-3157b0e258782691"
+if ! cmp -s "$advisory_src/SOURCE" "$advisory_db/SOURCE" || [ ! -d "$advisory_db/.git" ]; then
+  log "preparing the offline advisory database ($(head -1 "$advisory_src/SOURCE"))"
+  rm -rf "$advisory_db"
+  mkdir -p "$advisory_db"
+  cp -r "$advisory_src/." "$advisory_db/"
+  chmod -R u+w "$advisory_db"
+  git -C "$advisory_db" init -q
+  git -C "$advisory_db" add -A
+  git -C "$advisory_db" -c user.name=rekey -c user.email=rekey@invalid commit -qm "offline copy of shared/advisory-db"
+fi
+log "cargo deny check advisories licenses bans sources"
+cargo deny --offline check --hide-inclusion-graph advisories licenses bans sources
+
 log "cargo build (binaries the tests drive)"
 cargo build --workspace --bins
 # The container image's binary, built as deploy/Containerfile builds it; the

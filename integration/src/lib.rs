@@ -10,6 +10,7 @@ pub mod api;
 pub mod bin;
 pub mod deploy;
 pub mod etcd;
+pub mod hygiene;
 pub mod k8s_values;
 pub mod kube;
 pub mod pg;

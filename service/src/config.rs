@@ -419,6 +419,28 @@ fn policy(
     }
 }
 
+/// Longest `database.url_file` read: a URL is short, and a path like
+/// `/dev/zero` must not make `parse` read forever.
+pub const MAX_URL_FILE: u64 = 64 * 1024;
+
+/// Reads `database.url_file` (at most [`MAX_URL_FILE`] bytes) into a wiped buffer.
+fn read_url_file(file: &Path) -> Result<zeroize::Zeroizing<String>, ConfigError> {
+    use std::io::Read;
+    let fail = |m: String| ConfigError::new("database.url_file", m);
+    let mut text = zeroize::Zeroizing::new(String::new());
+    std::fs::File::open(file)
+        .and_then(|f| f.take(MAX_URL_FILE + 1).read_to_string(&mut text))
+        .map_err(|e| fail(format!("cannot read {}: {e}", file.display())))?;
+    if text.len() as u64 > MAX_URL_FILE {
+        return Err(fail(format!(
+            "{} is larger than {} KiB: not a database URL",
+            file.display(),
+            MAX_URL_FILE / 1024
+        )));
+    }
+    Ok(text)
+}
+
 /// Parses a cron expression (`sec min hour dom mon dow [year]`).
 pub fn parse_cron(expr: &str) -> Result<cron::Schedule, String> {
     cron::Schedule::from_str(expr).map_err(|e| {
@@ -479,12 +501,8 @@ impl Config {
         if config.database.url.is_none()
             && let Some(file) = &config.database.url_file
         {
-            let url = std::fs::read_to_string(file).map_err(|e| {
-                ConfigError::new(
-                    "database.url_file",
-                    format!("cannot read {}: {e}", file.display()),
-                )
-            })?;
+            // The URL holds a password: the file's text is wiped once copied.
+            let url = read_url_file(file)?;
             config.database.url = Some(SecretString::from(url.trim().to_string()));
         }
         config.validate().map_err(|mut e| {
@@ -1075,6 +1093,15 @@ sink = { kind = "kubernetes-secret", namespace = "ci", name = "deployer-token" }
         )
         .unwrap_err();
         assert_eq!(e.path, "database.url_file");
+        // An endless file is refused after a bounded read, not read forever.
+        let e = Config::parse(
+            "[database]\nurl_file = \"/dev/zero\"\n",
+            &BTreeMap::new(),
+            dir.path(),
+        )
+        .unwrap_err();
+        assert_eq!(e.path, "database.url_file");
+        assert!(e.message.contains("larger than"), "{e}");
     }
 
     #[test]

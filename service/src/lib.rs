@@ -28,6 +28,7 @@ pub mod crash;
 pub mod devdb;
 pub mod error;
 pub mod etcd;
+pub mod fuzzing;
 pub mod issue;
 pub mod k8s;
 pub mod rotate;

@@ -151,7 +151,8 @@ pub fn metrics_router(state: ApiState) -> Router {
 
 // ---------------------------------------------------------------- middleware
 
-fn valid_request_id(v: &str) -> bool {
+/// Whether a caller's `x-request-id` is kept (else one is made).
+pub fn valid_request_id(v: &str) -> bool {
     !v.is_empty()
         && v.len() <= 128
         && v.bytes()
@@ -761,7 +762,7 @@ async fn get_credential(
 }
 
 /// Parses an optional JSON body: empty is `None`; anything else must be JSON.
-fn parse_body<T: serde::de::DeserializeOwned>(
+pub fn parse_body<T: serde::de::DeserializeOwned>(
     headers: &HeaderMap,
     body: &Bytes,
 ) -> Result<Option<T>, HttpError> {

@@ -8,6 +8,7 @@ use clap::Args;
 use crate::{
     config::Config,
     error::{BadInput, BadInputExt},
+    secret::{ExposeSecret, SecretString},
     store::Store,
 };
 
@@ -18,8 +19,16 @@ pub struct DbArgs {
     #[arg(long, env = "REKEY_CONFIG")]
     pub config: Option<PathBuf>,
     /// Postgres URL (overrides the config file).
-    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
-    pub database_url: Option<String>,
+    ///
+    /// It may hold a password: kept in a redacting type, so `Debug` of the
+    /// parsed arguments never shows it.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true, value_parser = secret_arg)]
+    pub database_url: Option<SecretString>,
+}
+
+/// Parses a flag whose value is secret (a URL with a password, a token).
+pub fn secret_arg(value: &str) -> Result<SecretString, std::convert::Infallible> {
+    Ok(SecretString::from(value))
 }
 
 impl DbArgs {
@@ -37,7 +46,7 @@ impl DbArgs {
         let config = self.load_config()?;
         let url = match (&self.database_url, &config) {
             (Some(u), _) => u.clone(),
-            (None, Some(c)) => c.database.url().bad_input()?.to_string(),
+            (None, Some(c)) => SecretString::from(c.database.url().bad_input()?),
             (None, None) => {
                 return Err(BadInput::msg(
                     "no database: pass --database-url (or DATABASE_URL) or --config FILE",
@@ -45,7 +54,7 @@ impl DbArgs {
                 .into());
             }
         };
-        let store = Store::connect_patiently(&url, 4, Duration::from_secs(10))
+        let store = Store::connect_patiently(url.expose_secret(), 4, Duration::from_secs(10))
             .await
             .map_err(|e| match e {
                 e @ crate::store::StoreError::BadUrl(_) => anyhow::Error::new(BadInput::new(e)),
@@ -64,4 +73,32 @@ pub async fn migrate(args: DbArgs) -> anyhow::Result<ExitCode> {
         crate::store::MIGRATOR.iter().count()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        db: DbArgs,
+    }
+
+    #[test]
+    fn debug_of_the_arguments_hides_the_database_password() {
+        let cli = Cli::parse_from([
+            "rekey",
+            "--database-url",
+            "postgres://rekey:hunter2-very-secret@db/rekey",
+        ]);
+        let shown = format!("{cli:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert_eq!(
+            cli.db.database_url.as_ref().map(|u| u.expose_secret()),
+            Some("postgres://rekey:hunter2-very-secret@db/rekey")
+        );
+    }
 }

@@ -31,12 +31,15 @@ pub enum ConnectError {
 
 /// Connects to the configured endpoints.
 pub async fn connect(config: &EtcdConfig) -> Result<Client, ConnectError> {
+    // Zeroizing: our copy of the client key is wiped once the TLS client has its own.
     let read = |field: &'static str, p: &std::path::Path| {
-        std::fs::read(p).map_err(|source| ConnectError::Read {
-            field,
-            path: p.display().to_string(),
-            source,
-        })
+        std::fs::read(p)
+            .map(zeroize::Zeroizing::new)
+            .map_err(|source| ConnectError::Read {
+                field,
+                path: p.display().to_string(),
+                source,
+            })
     };
     let mut opts = ConnectOptions::new()
         .with_connect_timeout(Duration::from_secs(5))

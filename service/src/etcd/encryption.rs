@@ -871,10 +871,14 @@ impl Validator<'_> {
             );
             return None;
         }
-        let cleaned: String = secret
-            .chars()
-            .filter(|c| *c != '\n' && *c != '\r')
-            .collect();
+        // The key's text is as secret as its bytes: both are wiped on drop.
+        let secret = zeroize::Zeroizing::new(secret);
+        let cleaned: zeroize::Zeroizing<String> = zeroize::Zeroizing::new(
+            secret
+                .chars()
+                .filter(|c| *c != '\n' && *c != '\r')
+                .collect(),
+        );
         let decoded = match BASE64.decode(cleaned.as_bytes()) {
             Ok(d) => secret_bytes(d),
             Err(_) => {
@@ -1101,8 +1105,8 @@ pub fn parse_go_duration(s: &str) -> Result<i128, String> {
 /// A `# rekey.io/created-at: <RFC 3339 time or date>` comment on the key
 /// entry's line or on the comment lines directly above it.
 fn created_at_near(text: &str, line: Option<usize>) -> Option<DateTime<Utc>> {
-    let line = line?;
-    let lines: Vec<&str> = text.lines().collect();
+    let line = line?.checked_sub(1)? + 1;
+    let lines = yaml_lines(text);
     let mut candidates: Vec<&str> = Vec::new();
     if let Some(l) = lines.get(line - 1) {
         candidates.push(l);
@@ -1113,7 +1117,7 @@ fn created_at_near(text: &str, line: Option<usize>) -> Option<DateTime<Utc>> {
             candidates.push(l);
         }
     }
-    for l in lines[..line - 1].iter().rev() {
+    for l in lines[..(line - 1).min(lines.len())].iter().rev() {
         if l.trim_start().starts_with('#') {
             candidates.push(l);
         } else {
@@ -1126,6 +1130,22 @@ fn created_at_near(text: &str, line: Option<usize>) -> Option<DateTime<Utc>> {
         let value = value.trim_start().strip_prefix(':')?.trim();
         parse_time(value)
     })
+}
+
+/// The lines of `text` as the YAML parser numbers them: `\r\n`, `\r` and
+/// `\n` each end a line (`str::lines` does not split on a lone `\r`).
+fn yaml_lines(text: &str) -> Vec<&str> {
+    let mut lines = Vec::new();
+    let mut rest = text;
+    while let Some(i) = rest.find(['\r', '\n']) {
+        lines.push(&rest[..i]);
+        let skip = if rest[i..].starts_with("\r\n") { 2 } else { 1 };
+        rest = &rest[i + skip..];
+    }
+    if !rest.is_empty() {
+        lines.push(rest);
+    }
+    lines
 }
 
 fn parse_time(s: &str) -> Option<DateTime<Utc>> {
@@ -1141,6 +1161,22 @@ fn parse_time(s: &str) -> Option<DateTime<Utc>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn created_at_counts_lines_like_yaml() {
+        // Found by the encryption_config fuzz target: a lone `\r` is a line
+        // break for YAML but not for `str::lines`, and line numbers ran past
+        // the end of the text.
+        let text = "a:\r\r\r# rekey.io/created-at: 2026-01-02\r- name: k1\r";
+        assert_eq!(
+            created_at_near(text, Some(5)),
+            parse_time("2026-01-02"),
+            "the comment above line 5"
+        );
+        assert_eq!(created_at_near(text, Some(60)), None);
+        assert_eq!(created_at_near(text, Some(0)), None);
+        assert_eq!(yaml_lines("a\r\nb\rc\nd"), ["a", "b", "c", "d"]);
+    }
 
     const K32: &str = "c2VjcmV0IGlzIHNlY3VyZSwgb3IgaXMgaXQ/IDEyMzQ="; // 32 bytes
     const K16: &str = "MDEyMzQ1Njc4OWFiY2RlZg=="; // 16 bytes

@@ -402,12 +402,15 @@ pub fn write_plan(dir: &Path, plan: &Plan) -> std::io::Result<()> {
 
 /// Runs `rekey etcd rotate-key`.
 pub fn run(args: RotateKeyArgs) -> anyhow::Result<ExitCode> {
-    let text = fs::read_to_string(&args.encryption_config).map_err(|e| {
-        BadInput::msg(format!(
-            "--encryption-config {}: cannot read: {e}",
-            args.encryption_config.display()
-        ))
-    })?;
+    // The file holds the keys (base64): wiped on drop.
+    let text = fs::read_to_string(&args.encryption_config)
+        .map(zeroize::Zeroizing::new)
+        .map_err(|e| {
+            BadInput::msg(format!(
+                "--encryption-config {}: cannot read: {e}",
+                args.encryption_config.display()
+            ))
+        })?;
     let config = encryption::parse(&text)
         .map_err(|e| BadInput::msg(format!("{}: {e}", args.encryption_config.display())))?;
     let provider = match args.provider.as_str() {

@@ -160,12 +160,13 @@ impl VerifyError {
 /// earlier recorded checks; nothing is written (see [`verify_and_record`]).
 pub async fn verify(opts: &VerifyOptions, history: Option<&Store>) -> Result<Report, VerifyError> {
     let path = opts.encryption_config.display().to_string();
-    let text = std::fs::read_to_string(&opts.encryption_config).map_err(|source| {
-        VerifyError::ReadConfig {
+    // The file holds the keys (base64): wiped on drop.
+    let text = std::fs::read_to_string(&opts.encryption_config)
+        .map(zeroize::Zeroizing::new)
+        .map_err(|source| VerifyError::ReadConfig {
             path: path.clone(),
             source,
-        }
-    })?;
+        })?;
     let sha256 = {
         use sha2::Digest;
         hex::encode(sha2::Sha256::digest(text.as_bytes()))

@@ -1,0 +1,5 @@
+//! Fuzz target `backup_header`: the body is [`rekey::fuzzing::backup_header`], which the corpus
+//! replay test runs too.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| rekey::fuzzing::backup_header(data));
