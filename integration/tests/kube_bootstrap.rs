@@ -473,3 +473,64 @@ async fn token_cli_revoke_and_bad_input() {
     assert!(k.check_bootstrap_token(stdout.trim()).is_ok());
     assert!(k.denied().is_empty(), "{:?}", k.denied());
 }
+
+/// An etcd restore from a snapshot taken before a revocation brings the
+/// token's Secret back with its old uid, and the token authenticates again.
+/// The watcher's relist finds a Secret for a token Postgres says was revoked,
+/// and deletes it again (one more revoke event), instead of trusting its row.
+#[tokio::test]
+async fn revoked_token_brought_back_by_an_etcd_restore_is_deleted_again() {
+    let db = fresh_db().await;
+    let k = KubeStandIn::start();
+    let w = Watcher::start(&db, &k, BootstrapTokensConfig::default()).await;
+    let token = cli_create(&k, &db, &["--ttl", "1h"]);
+    let id = token.split('.').next().unwrap().to_string();
+    let name = format!("bootstrap-token-{id}");
+    let snapshot = k.get("Secret", "kube-system", &name).unwrap();
+    k.join_node(&token, "worker-restored").await;
+    wait_for("the revocation", Duration::from_secs(10), async || {
+        state_of(&db, &id).await.as_deref() == Some("revoked")
+    })
+    .await;
+    assert!(k.get("Secret", "kube-system", &name).is_none());
+    assert_eq!(revoke_events(&db, &id).await, 1);
+    w.stop().await;
+
+    // The restore: the Secret is back as it was, and the token works again.
+    let restored = k.restore(snapshot.clone()).unwrap();
+    assert_eq!(restored["metadata"]["uid"], snapshot["metadata"]["uid"]);
+    assert!(k.check_bootstrap_token(&token).is_ok());
+
+    // rekey starts (or relists) and deletes it again.
+    let w = Watcher::start(&db, &k, BootstrapTokensConfig::default()).await;
+    wait_for(
+        "the restored Secret to be deleted again",
+        Duration::from_secs(10),
+        async || k.get("Secret", "kube-system", &name).is_none(),
+    )
+    .await;
+    assert!(k.check_bootstrap_token(&token).is_err());
+    assert_eq!(state_of(&db, &id).await.as_deref(), Some("revoked"));
+    assert_eq!(revoke_events(&db, &id).await, 2);
+    let events = db
+        .store
+        .audit_events(&Filter {
+            action: Some("bootstrap_token.revoke".into()),
+            target: Some(format!("bootstrap-token/{id}")),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(
+        events.iter().any(|e| e.details["reason"] == "reappeared"),
+        "{events:?}"
+    );
+    // A later relist finds nothing more to do.
+    w.stop().await;
+    let w = Watcher::start(&db, &k, BootstrapTokensConfig::default()).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(revoke_events(&db, &id).await, 2);
+    w.stop().await;
+    assert!(k.denied().is_empty(), "{:?}", k.denied());
+}

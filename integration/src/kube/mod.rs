@@ -624,6 +624,26 @@ impl KubeStandIn {
         put(&mut w, obj).map_err(|e| e.message)
     }
 
+    /// Puts a deleted object back exactly as a restore of etcd from an older
+    /// snapshot would: same uid and creationTimestamp, a new resourceVersion,
+    /// an ADDED event.
+    pub fn restore(&self, obj: Value) -> Result<Value, String> {
+        let av = obj["apiVersion"].as_str().unwrap_or("").to_string();
+        let kind = obj["kind"].as_str().unwrap_or("").to_string();
+        let rt =
+            store::by_kind(&av, &kind).ok_or_else(|| format!("no resource for {av} {kind}"))?;
+        let ns = if rt.namespaced {
+            obj["metadata"]["namespace"]
+                .as_str()
+                .unwrap_or("default")
+                .to_string()
+        } else {
+            String::new()
+        };
+        let mut w = self.shared.world.lock().expect("world");
+        w.restore(&rt, &ns, obj).map_err(|e| e.message)
+    }
+
     /// Deletes an object directly.
     pub fn delete(&self, kind: &str, ns: &str, name: &str) -> Result<Value, String> {
         let rt = store::RESOURCES

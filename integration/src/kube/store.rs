@@ -367,6 +367,34 @@ impl World {
         let meta = &mut obj["metadata"];
         meta["uid"] = json!(uuid::Uuid::new_v4().to_string());
         meta["creationTimestamp"] = json!(timestamp());
+        self.insert_new(rt, ns, obj, rv)
+    }
+
+    /// Puts an object back as a restore of etcd does: its uid and
+    /// creationTimestamp as they were (a create would make new ones), a new
+    /// resourceVersion, an ADDED event for watchers.
+    pub fn restore(&mut self, rt: &ResourceType, ns: &str, obj: Value) -> Result<Value, ApiError> {
+        let name = obj["metadata"]["name"].as_str().unwrap_or("").to_string();
+        if self
+            .objects
+            .contains_key(&(*rt, ns.to_string(), name.clone()))
+        {
+            return Err(ApiError::already_exists(rt, &name));
+        }
+        let rv = self.next_rv();
+        self.insert_new(rt, ns, obj, rv)
+    }
+
+    fn insert_new(
+        &mut self,
+        rt: &ResourceType,
+        ns: &str,
+        mut obj: Value,
+        rv: u64,
+    ) -> Result<Value, ApiError> {
+        let name = obj["metadata"]["name"].as_str().unwrap_or("").to_string();
+        let key = (*rt, ns.to_string(), name);
+        let meta = &mut obj["metadata"];
         meta["resourceVersion"] = json!(rv.to_string());
         if obj.get("spec").is_some() {
             obj["metadata"]["generation"] = json!(1);

@@ -194,6 +194,8 @@ struct Watcher {
     nodes_relist: Option<HashSet<String>>,
     /// Token Secrets seen during a relist: id → uid.
     secrets_relist: Option<HashMap<String, Option<String>>>,
+    /// When the current relist of Secrets began.
+    secrets_relist_began: DateTime<Utc>,
     /// Events that failed to record, retried at each sweep.
     retry_secrets: HashMap<String, Secret>,
     retry_csrs: HashMap<String, (CertificateSigningRequest, bool)>,
@@ -262,6 +264,60 @@ impl Watcher {
             self.store.audit(ev).await?;
         }
         self.evaluate(&info.id, now).await
+    }
+
+    /// Secrets of tokens revoked before this relist began that are back in
+    /// the cluster with the same uid: a restore of etcd (or of the Secrets)
+    /// brought them back, and the token authenticates again. Each is deleted
+    /// again, with an audit event. (A Secret with a new uid is a new token:
+    /// [`db::upsert_token`] makes it active.)
+    async fn revoke_reappeared(
+        &self,
+        seen: &HashMap<String, Option<String>>,
+    ) -> Result<(), K8sError> {
+        for (id, uid) in seen {
+            let Some(t) = db::token(&self.store, id).await? else {
+                continue;
+            };
+            let revoked_before = t
+                .revoked_at
+                .is_some_and(|at| at < self.secrets_relist_began);
+            if t.state != "revoked" || !revoked_before {
+                continue;
+            }
+            let name = format!("{}{id}", model::SECRET_PREFIX);
+            let dp = DeleteParams {
+                preconditions: uid.as_ref().map(|u| Preconditions {
+                    uid: Some(u.clone()),
+                    resource_version: None,
+                }),
+                ..Default::default()
+            };
+            match call(
+                format!("delete secret kube-system/{name}"),
+                kube_system_secrets(&self.client).delete(&name, &dp),
+            )
+            .await
+            {
+                Ok(_) => {}
+                Err(e) if e.is_not_found() || e.is_conflict() => continue,
+                Err(e) => return Err(e),
+            }
+            tracing::warn!(
+                token = %id,
+                "the Secret of a revoked bootstrap token reappeared (an etcd restore?): deleted it again"
+            );
+            let mut ev = NewEvent::new(
+                ACTOR,
+                "bootstrap_token.revoke",
+                format!("bootstrap-token/{id}"),
+                Outcome::Success,
+            );
+            ev.reason = Some("reappeared after revocation".into());
+            ev.details = serde_json::json!({"reason": "reappeared", "revoked_at": t.revoked_at});
+            self.store.audit(ev).await?;
+        }
+        Ok(())
     }
 
     async fn on_secret_deleted(&mut self, s: &Secret, now: DateTime<Utc>) -> Result<(), K8sError> {
@@ -389,6 +445,7 @@ pub async fn run(
         nodes: HashSet::new(),
         nodes_relist: None,
         secrets_relist: None,
+        secrets_relist_began: Utc::now(),
         retry_secrets: HashMap::new(),
         retry_csrs: HashMap::new(),
     };
@@ -403,7 +460,10 @@ pub async fn run(
                 return Ok(());
             }
             Some(ev) = secrets.next() => match ev {
-                Ok(watcher::Event::Init) => w.secrets_relist = Some(HashMap::new()),
+                Ok(watcher::Event::Init) => {
+                    w.secrets_relist = Some(HashMap::new());
+                    w.secrets_relist_began = now;
+                }
                 Ok(watcher::Event::InitApply(s) | watcher::Event::Apply(s)) => {
                     if let Err(e) = w.on_secret(&s, now).await {
                         tracing::warn!(error = %e, "recording a bootstrap token failed; will retry");
@@ -427,6 +487,9 @@ pub async fn run(
                                 }
                             },
                             Err(e) => tracing::warn!(error = %e, "listing live tokens failed"),
+                        }
+                        if let Err(e) = w.revoke_reappeared(&seen).await {
+                            tracing::warn!(error = %e, "deleting reappeared revoked tokens failed; the next relist retries");
                         }
                     }
                 }
