@@ -115,6 +115,20 @@ async fn main() {
             .fetch_one(&pool)
             .await
             .unwrap();
+    // Not succeeded: still running when counted (in flight), or failed/abandoned (with why).
+    let by_status: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT status, count(*) FROM rotations WHERE status <> 'succeeded' GROUP BY status ORDER BY status",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    let errors: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT coalesce(error, '(none)'), count(*) FROM rotations WHERE status IN ('failed', 'abandoned')
+         GROUP BY 1 ORDER BY 2 DESC LIMIT 5",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
     let secs = start.elapsed().as_secs_f64();
     let first = samples.first().copied().unwrap_or_default();
     let last = samples.last().copied().unwrap_or_default();
@@ -124,6 +138,7 @@ async fn main() {
         (rotations - rotations_at_start) as f64 / secs,
         n as f64 / 40.0
     );
+    println!("not succeeded, by status: {by_status:?}; errors: {errors:?}");
     println!(
         "missed deadlines (credentials past not_after, worst sample): {worst_expired}; most overdue rotation: {worst_lag:.1} s"
     );
