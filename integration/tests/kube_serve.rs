@@ -244,11 +244,21 @@ async fn conflicts_are_retried_and_an_api_outage_is_survived() {
     );
     assert!(down_at.elapsed() >= Duration::from_secs(30));
     assert!(version_of(&v2) > version_of(&v1));
-    let failures: i32 =
-        sqlx::query_scalar("SELECT failures FROM credentials WHERE name = 'cert/web/web-tls'")
-            .fetch_one(s.db.pool())
-            .await
-            .unwrap();
+    // The Secret shows v2 as soon as it is published; the commit that
+    // records it (and resets the failure count) follows.
+    let committed_by = Instant::now() + Duration::from_secs(15);
+    let failures: i32 = loop {
+        let (current, failures): (Option<i64>, i32) = sqlx::query_as(
+            "SELECT current_version, failures FROM credentials WHERE name = 'cert/web/web-tls'",
+        )
+        .fetch_one(s.db.pool())
+        .await
+        .unwrap();
+        if current >= version_of(&v2) || Instant::now() > committed_by {
+            break failures;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     assert_eq!(failures, 0, "the rotation completed after the outage");
     let statuses: Vec<(String, Option<String>)> =
         sqlx::query_as("SELECT status, error FROM rotations ORDER BY requested_at")
