@@ -46,7 +46,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use auth::{SaClaims, UserInfo};
 pub use rbac::Permission;
-use store::{ApiError, World};
+use store::{ApiError, ResourceType, World};
 
 /// A fault to inject into matching requests.
 #[derive(Debug, Clone)]
@@ -628,18 +628,7 @@ impl KubeStandIn {
     /// snapshot would: same uid and creationTimestamp, a new resourceVersion,
     /// an ADDED event.
     pub fn restore(&self, obj: Value) -> Result<Value, String> {
-        let av = obj["apiVersion"].as_str().unwrap_or("").to_string();
-        let kind = obj["kind"].as_str().unwrap_or("").to_string();
-        let rt =
-            store::by_kind(&av, &kind).ok_or_else(|| format!("no resource for {av} {kind}"))?;
-        let ns = if rt.namespaced {
-            obj["metadata"]["namespace"]
-                .as_str()
-                .unwrap_or("default")
-                .to_string()
-        } else {
-            String::new()
-        };
+        let (rt, ns) = placement(&obj).map_err(|e| e.message)?;
         let mut w = self.shared.world.lock().expect("world");
         w.restore(&rt, &ns, obj).map_err(|e| e.message)
     }
@@ -727,13 +716,13 @@ impl KubeStandIn {
     }
 }
 
-/// Creates or replaces (keeping uid) an object in the world, validated.
-fn put(w: &mut World, obj: Value) -> Result<Value, ApiError> {
-    let av = obj["apiVersion"].as_str().unwrap_or("").to_string();
-    let kind = obj["kind"].as_str().unwrap_or("").to_string();
-    let rt = store::by_kind(&av, &kind)
+/// The resource an object belongs to (by `apiVersion` and `kind`) and its
+/// namespace (`default` when unset; empty for cluster-scoped resources).
+fn placement(obj: &Value) -> Result<(ResourceType, String), ApiError> {
+    let av = obj["apiVersion"].as_str().unwrap_or("");
+    let kind = obj["kind"].as_str().unwrap_or("");
+    let rt = store::by_kind(av, kind)
         .ok_or_else(|| ApiError::bad_request(format!("no resource for {av} {kind}")))?;
-    let name = obj["metadata"]["name"].as_str().unwrap_or("").to_string();
     let ns = if rt.namespaced {
         obj["metadata"]["namespace"]
             .as_str()
@@ -742,6 +731,13 @@ fn put(w: &mut World, obj: Value) -> Result<Value, ApiError> {
     } else {
         String::new()
     };
+    Ok((rt, ns))
+}
+
+/// Creates or replaces (keeping uid) an object in the world, validated.
+fn put(w: &mut World, obj: Value) -> Result<Value, ApiError> {
+    let (rt, ns) = placement(&obj)?;
+    let name = obj["metadata"]["name"].as_str().unwrap_or("").to_string();
     let old = w.get(&rt, &ns, &name).cloned();
     let mut v = validate::validate(&rt, &name, obj, old.as_ref())?;
     match old {

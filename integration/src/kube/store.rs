@@ -358,42 +358,33 @@ impl World {
         ns: &str,
         mut obj: Value,
     ) -> Result<Value, ApiError> {
-        let name = obj["metadata"]["name"].as_str().unwrap_or("").to_string();
-        let key = (*rt, ns.to_string(), name.clone());
-        if self.objects.contains_key(&key) {
-            return Err(ApiError::already_exists(rt, &name));
-        }
-        let rv = self.next_rv();
         let meta = &mut obj["metadata"];
         meta["uid"] = json!(uuid::Uuid::new_v4().to_string());
         meta["creationTimestamp"] = json!(timestamp());
-        self.insert_new(rt, ns, obj, rv)
+        self.insert_new(rt, ns, obj)
     }
 
     /// Puts an object back as a restore of etcd does: its uid and
     /// creationTimestamp as they were (a create would make new ones), a new
     /// resourceVersion, an ADDED event for watchers.
     pub fn restore(&mut self, rt: &ResourceType, ns: &str, obj: Value) -> Result<Value, ApiError> {
-        let name = obj["metadata"]["name"].as_str().unwrap_or("").to_string();
-        if self
-            .objects
-            .contains_key(&(*rt, ns.to_string(), name.clone()))
-        {
-            return Err(ApiError::already_exists(rt, &name));
-        }
-        let rv = self.next_rv();
-        self.insert_new(rt, ns, obj, rv)
+        self.insert_new(rt, ns, obj)
     }
 
+    /// Stores an object that does not exist yet, with a new resourceVersion,
+    /// and tells watchers.
     fn insert_new(
         &mut self,
         rt: &ResourceType,
         ns: &str,
         mut obj: Value,
-        rv: u64,
     ) -> Result<Value, ApiError> {
         let name = obj["metadata"]["name"].as_str().unwrap_or("").to_string();
-        let key = (*rt, ns.to_string(), name);
+        let key = (*rt, ns.to_string(), name.clone());
+        if self.objects.contains_key(&key) {
+            return Err(ApiError::already_exists(rt, &name));
+        }
+        let rv = self.next_rv();
         let meta = &mut obj["metadata"];
         meta["resourceVersion"] = json!(rv.to_string());
         if obj.get("spec").is_some() {
