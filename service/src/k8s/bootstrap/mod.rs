@@ -64,16 +64,14 @@ fn kube_system_secrets(client: &kube::Client) -> Api<Secret> {
     Api::namespaced(client.clone(), model::NAMESPACE)
 }
 
-/// Deletes a claimed token's Secret and records the revocation. Safe to
-/// repeat: a missing Secret counts as deleted, and only one caller records it.
-pub async fn finish(
-    store: &Store,
+/// Deletes a token's Secret, if it is still the one with `uid`. `false`:
+/// gone already, or replaced by another Secret (uid precondition), so this
+/// token no longer exists.
+async fn delete_secret(
     client: &kube::Client,
     id: &str,
     uid: Option<&str>,
-    actor: &str,
 ) -> Result<bool, K8sError> {
-    crate::crash::point("bootstrap-after-claim");
     let name = format!("{}{id}", model::SECRET_PREFIX);
     let dp = DeleteParams {
         preconditions: uid.map(|u| Preconditions {
@@ -88,11 +86,23 @@ pub async fn finish(
     )
     .await
     {
-        Ok(_) => {}
-        // Gone already, or replaced by another Secret (uid precondition): this token no longer exists.
-        Err(e) if e.is_not_found() || e.is_conflict() => {}
-        Err(e) => return Err(e),
+        Ok(_) => Ok(true),
+        Err(e) if e.is_not_found() || e.is_conflict() => Ok(false),
+        Err(e) => Err(e),
     }
+}
+
+/// Deletes a claimed token's Secret and records the revocation. Safe to
+/// repeat: a missing Secret counts as deleted, and only one caller records it.
+pub async fn finish(
+    store: &Store,
+    client: &kube::Client,
+    id: &str,
+    uid: Option<&str>,
+    actor: &str,
+) -> Result<bool, K8sError> {
+    crate::crash::point("bootstrap-after-claim");
+    delete_secret(client, id, uid).await?;
     crate::crash::point("bootstrap-after-delete");
     let done = db::finish_revocation(store, id, actor).await?;
     if done {
@@ -285,23 +295,8 @@ impl Watcher {
             if t.state != "revoked" || !revoked_before {
                 continue;
             }
-            let name = format!("{}{id}", model::SECRET_PREFIX);
-            let dp = DeleteParams {
-                preconditions: uid.as_ref().map(|u| Preconditions {
-                    uid: Some(u.clone()),
-                    resource_version: None,
-                }),
-                ..Default::default()
-            };
-            match call(
-                format!("delete secret kube-system/{name}"),
-                kube_system_secrets(&self.client).delete(&name, &dp),
-            )
-            .await
-            {
-                Ok(_) => {}
-                Err(e) if e.is_not_found() || e.is_conflict() => continue,
-                Err(e) => return Err(e),
+            if !delete_secret(&self.client, id, uid.as_deref()).await? {
+                continue;
             }
             tracing::warn!(
                 token = %id,
