@@ -100,6 +100,11 @@ if [ ! -x "$root/target/promtool/usr/bin/promtool" ]; then
 fi
 
 # --- Rust ----------------------------------------------------------------
+# Every crate in Cargo.lock, for every target: `cargo deny --offline` runs
+# `cargo metadata`, which needs them all (wasm-bindgen, android_*, ...), not only
+# the ones this target builds. Only the advisory database stays offline.
+log "cargo fetch --locked"
+cargo fetch --locked
 log "cargo fmt --check"
 cargo fmt --all -- --check
 log "cargo clippy"
