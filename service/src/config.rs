@@ -10,7 +10,6 @@ use std::{
     collections::{BTreeMap, HashSet},
     net::IpAddr,
     path::{Path, PathBuf},
-    str::FromStr,
 };
 
 use secrecy::{ExposeSecret, SecretString};
@@ -441,12 +440,7 @@ fn read_url_file(file: &Path) -> Result<zeroize::Zeroizing<String>, ConfigError>
     Ok(text)
 }
 
-/// Parses a cron expression (`sec min hour dom mon dow [year]`).
-pub fn parse_cron(expr: &str) -> Result<cron::Schedule, String> {
-    cron::Schedule::from_str(expr).map_err(|e| {
-        format!("invalid cron expression `{expr}`: {e} (expected six or seven fields: sec min hour day-of-month month day-of-week [year])")
-    })
-}
+pub use crate::schedule::parse_cron;
 
 impl Config {
     /// Reads, overrides from the process environment, and validates a file.

@@ -18,7 +18,7 @@ use axum::{
 use chrono::{DateTime, Utc};
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
-use tokio::sync::{Semaphore, broadcast};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use utoipa::{IntoParams, OpenApi, ToSchema};
 use uuid::Uuid;
@@ -67,7 +67,7 @@ pub struct Inner {
     plain_http: bool,
     wait_timeout: Duration,
     in_flight: Arc<Semaphore>,
-    done: broadcast::Sender<Uuid>,
+    done: crate::store::listen::Notifications,
     inventory: super::inventory::InventoryCache,
 }
 
@@ -90,8 +90,7 @@ pub fn router(
     } else {
         None
     };
-    let (done, _) = broadcast::channel(1024);
-    tokio::spawn(listen_for_done(state.store.clone(), done.clone(), shutdown));
+    let done = crate::store::listen::listen(&state.store, ROTATION_DONE_CHANNEL, shutdown);
     let shared: Shared = Arc::new(Inner {
         api: state,
         roles: config.roles.clone(),
@@ -899,7 +898,7 @@ impl Inner {
             loop {
                 tokio::select! {
                     m = rx.recv() => match m {
-                        Ok(done) if done != id => continue,
+                        Ok(done) if done.parse::<Uuid>().is_ok_and(|d| d != id) => continue,
                         _ => break,
                     },
                     () = tokio::time::sleep_until(poll_at) => break,
@@ -911,55 +910,6 @@ impl Inner {
                 .rotation(id)
                 .await?
                 .ok_or_else(|| HttpError::internal("the rotation disappeared", id))?;
-        }
-    }
-}
-
-/// Relays the engine's "rotation finished" notifications to waiting requests.
-async fn listen_for_done(
-    store: crate::store::Store,
-    tx: broadcast::Sender<Uuid>,
-    shutdown: CancellationToken,
-) {
-    let mut delay = Duration::from_millis(200);
-    loop {
-        let listener = async {
-            let mut l = sqlx::postgres::PgListener::connect_with(store.pool()).await?;
-            l.listen(ROTATION_DONE_CHANNEL).await?;
-            Ok::<_, sqlx::Error>(l)
-        };
-        let mut listener = tokio::select! {
-            () = shutdown.cancelled() => return,
-            l = listener => match l {
-                Ok(l) => l,
-                Err(e) => {
-                    tracing::debug!(error = %e, "cannot LISTEN for finished rotations; ?wait=true polls");
-                    tokio::select! {
-                        () = shutdown.cancelled() => return,
-                        () = tokio::time::sleep(delay) => {}
-                    }
-                    delay = (delay * 2).min(Duration::from_secs(10));
-                    continue;
-                }
-            },
-        };
-        delay = Duration::from_millis(200);
-        loop {
-            let n = tokio::select! {
-                () = shutdown.cancelled() => return,
-                n = listener.recv() => n,
-            };
-            match n {
-                Ok(n) => {
-                    if let Ok(id) = n.payload().parse::<Uuid>() {
-                        let _ = tx.send(id);
-                    }
-                }
-                Err(e) => {
-                    tracing::debug!(error = %e, "LISTEN connection lost; reconnecting");
-                    break;
-                }
-            }
         }
     }
 }

@@ -144,7 +144,7 @@ impl BackupConfig {
             ));
         }
         if let Some(s) = &self.schedule {
-            crate::config::parse_cron(s).map_err(|m| ("schedule".into(), m))?;
+            crate::schedule::parse_cron(s).map_err(|m| ("schedule".into(), m))?;
         }
         if let Some(e) = &self.s3_endpoint {
             let ok = url::Url::parse(e)

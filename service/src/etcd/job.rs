@@ -88,7 +88,7 @@ pub async fn run_scheduled(
         .check_schedule
         .as_deref()
         .ok_or(JobError::Missing("check_schedule"))?;
-    let schedule = crate::config::parse_cron(expr).map_err(JobError::Schedule)?;
+    let schedule = crate::schedule::parse_cron(expr).map_err(JobError::Schedule)?;
     let opts = VerifyOptions::from_config(&config).ok_or(JobError::Missing("encryption_config"))?;
     tracing::info!(schedule = expr, prefix = %opts.prefix, "scheduled etcd encryption check");
     loop {
@@ -138,7 +138,7 @@ mod tests {
 
     #[test]
     fn next_fire_follows_cron() {
-        let s = crate::config::parse_cron("0 */15 * * * *").unwrap();
+        let s = crate::schedule::parse_cron("0 */15 * * * *").unwrap();
         let now: DateTime<Utc> = "2026-01-01T10:07:30Z".parse().unwrap();
         assert_eq!(
             next_fire(&s, now).unwrap().to_rfc3339(),

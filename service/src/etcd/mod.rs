@@ -99,7 +99,7 @@ impl EtcdConfig {
             return Err(("prefix".into(), format!("`{p}` must start with `/`")));
         }
         if let Some(s) = &self.check_schedule {
-            crate::config::parse_cron(s).map_err(|m| ("check_schedule".to_string(), m))?;
+            crate::schedule::parse_cron(s).map_err(|m| ("check_schedule".to_string(), m))?;
             if self.encryption_config.is_none() {
                 return Err((
                     "encryption_config".into(),

@@ -223,20 +223,10 @@ impl Engine {
     /// concurrency, sleeps until the next due time or a wake-up. On shutdown
     /// it stops claiming and lets in-flight rotations finish.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) -> Result<(), EngineError> {
-        let mut listener =
-            match sqlx::postgres::PgListener::connect_with(self.deps.store.pool()).await {
-                Ok(mut l) => match l.listen(WAKE_CHANNEL).await {
-                    Ok(()) => Some(l),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot LISTEN for wake-ups; polling only");
-                        None
-                    }
-                },
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot LISTEN for wake-ups; polling only");
-                    None
-                }
-            };
+        // Subscribed before the first claim, so a wake-up sent meanwhile is kept.
+        let mut wake =
+            crate::store::listen::listen(&self.deps.store, WAKE_CHANNEL, shutdown.clone())
+                .subscribe();
         self.running.send_replace(true);
         let mut in_flight = tokio::task::JoinSet::new();
         let mut db_failures = 0u32;
@@ -293,7 +283,7 @@ impl Engine {
                         _ => poll,
                     }
                     .max(Duration::from_millis(10));
-                    self.idle(&shutdown, &mut listener, wait).await;
+                    self.idle(&shutdown, &mut wake, wait).await;
                 }
                 Err(e) => {
                     db_failures += 1;
@@ -305,9 +295,6 @@ impl Engine {
                     tokio::select! {
                         _ = shutdown.cancelled() => break,
                         _ = tokio::time::sleep(backoff) => {}
-                    }
-                    if listener.is_none() || db_failures > 3 {
-                        listener = None;
                     }
                 }
             }
@@ -321,24 +308,18 @@ impl Engine {
         Ok(())
     }
 
+    /// Sleeps up to `wait`, or until a wake-up or shutdown.
     async fn idle(
         &self,
         shutdown: &CancellationToken,
-        listener: &mut Option<sqlx::postgres::PgListener>,
+        wake: &mut tokio::sync::broadcast::Receiver<String>,
         wait: Duration,
     ) {
-        match listener {
-            Some(l) => tokio::select! {
-                _ = shutdown.cancelled() => {}
-                _ = tokio::time::sleep(wait) => {}
-                n = l.recv() => if let Err(e) = n {
-                    tracing::debug!(error = %e, "wake-up listener dropped; will reconnect");
-                },
-            },
-            None => tokio::select! {
-                _ = shutdown.cancelled() => {}
-                _ = tokio::time::sleep(wait) => {}
-            },
+        tokio::select! {
+            _ = shutdown.cancelled() => {}
+            _ = tokio::time::sleep(wait) => {}
+            // A payload, a lag or a reconnect all mean "look again".
+            _ = wake.recv() => {}
         }
     }
 

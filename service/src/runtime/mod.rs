@@ -288,7 +288,7 @@ async fn scheduled_backups(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let expr = backup.schedule.clone().unwrap_or_default();
-    let schedule = crate::config::parse_cron(&expr)
+    let schedule = crate::schedule::parse_cron(&expr)
         .map_err(|e| BadInput::msg(format!("backup.schedule: {e}")))?;
     tracing::info!(schedule = %expr, destination = %backup.destination, "scheduled backups");
     loop {

@@ -7,6 +7,7 @@
 pub mod audit;
 pub mod credentials;
 pub mod engine;
+pub mod listen;
 pub mod rotations;
 pub mod sync;
 
