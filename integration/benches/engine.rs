@@ -13,10 +13,9 @@ use std::{sync::Arc, time::Instant};
 
 use chrono::{TimeDelta, Utc};
 use rekey::{
-    config::{CertificateSpec, EngineConfig, KeyType, SinkSpec, Usage},
-    issue::CertAuthority,
-    rotate::{Engine, EngineDeps},
-    sink::SinkContext,
+    issue::{CertAuthority, CertificateSpec, KeyType, Usage},
+    rotate::{Engine, EngineConfig, EngineDeps},
+    sink::{SinkContext, SinkSpec},
     store::sync::Declared,
 };
 use rekey_integration::pg::fresh_db;

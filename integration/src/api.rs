@@ -19,8 +19,7 @@ use std::{
 use chrono::{TimeDelta, Utc};
 use rekey::{
     api::dev::client_spec,
-    config::{CertificateSpec, KeyType, Usage},
-    issue::CertAuthority,
+    issue::{CertAuthority, CertificateSpec, KeyType, Usage},
 };
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
 use secrecy::ExposeSecret;

@@ -8,9 +8,9 @@ use std::{
 
 use chrono::{TimeDelta, Utc};
 use rekey::{
-    config::{CertificateSpec, KeyType, SinkSpec, Usage},
     etcd::EtcdConfig,
-    issue::CertAuthority,
+    issue::{CertAuthority, CertificateSpec, KeyType, Usage},
+    sink::SinkSpec,
 };
 use secrecy::ExposeSecret;
 

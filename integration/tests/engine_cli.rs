@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use chrono::{TimeDelta, Utc};
-use rekey::{config::KeyType, issue::CertAuthority};
+use rekey::issue::{CertAuthority, KeyType};
 use rekey_integration::{
     bin::{outcome, rekey, run},
     serve::{Scenario, read_sink, wait_for},

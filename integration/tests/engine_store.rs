@@ -5,10 +5,9 @@ use std::sync::Arc;
 
 use chrono::{TimeDelta, Utc};
 use rekey::{
-    config::{CertificateSpec, EngineConfig, KeyType, SinkSpec, Usage},
-    issue::CertAuthority,
-    rotate::{Engine, EngineDeps, EventOutcome},
-    sink::{Material, Publication, file::FileSink},
+    issue::{CertAuthority, CertificateSpec, KeyType, Usage},
+    rotate::{Engine, EngineConfig, EngineDeps, EventOutcome},
+    sink::{Material, Publication, SinkSpec, file::FileSink},
     store::{engine::Success, rotations::RequestOutcome, sync::Declared},
 };
 use rekey_integration::pg::{TestDb, fresh_db};

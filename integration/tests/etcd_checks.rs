@@ -8,7 +8,7 @@ use std::{
 
 use rekey::etcd::{
     EtcdConfig,
-    checks::{self, Trigger},
+    db::{self, Trigger},
     job,
     verify::{VerifyOptions, verify_and_record},
 };
@@ -87,7 +87,7 @@ async fn cli_records_checks_and_key_age_comes_from_history() {
     let (code, r, err) = cli(&etcd, &config, &["--database-url", &db.url]);
     assert_eq!(code, 1, "one plaintext value: {err}");
     assert_eq!(r["scan"]["total"], 4);
-    let rows = checks::recent(&db.store, 10).await.unwrap();
+    let rows = db::recent(&db.store, 10).await.unwrap();
     assert_eq!(rows.len(), 1);
     let row = &rows[0];
     assert_eq!(row.trigger, "cli");
@@ -141,7 +141,7 @@ async fn cli_records_checks_and_key_age_comes_from_history() {
         f["message"].as_str().unwrap().contains("first check"),
         "{f}"
     );
-    assert_eq!(checks::recent(&db.store, 10).await.unwrap().len(), 3);
+    assert_eq!(db::recent(&db.store, 10).await.unwrap().len(), 3);
 
     // A rotated key (another fingerprint) has no history yet.
     let other = config_text(None).replace(GCM1, "BQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQU=");
@@ -164,7 +164,7 @@ async fn cli_records_checks_and_key_age_comes_from_history() {
     assert!(finding_ids(&r).contains(&"write-key-too-old".to_string()));
     let (_, r, _) = cli(&etcd, &config, &["--max-key-age", "90d"]);
     assert!(finding_ids(&r).contains(&"write-key-age-unknown".to_string()));
-    assert_eq!(checks::recent(&db.store, 10).await.unwrap().len(), 4);
+    assert_eq!(db::recent(&db.store, 10).await.unwrap().len(), 4);
 }
 
 #[tokio::test]
@@ -189,7 +189,7 @@ async fn config_file_gives_database_and_etcd() {
         finding_ids(&r).contains(&"write-key-age-unknown".to_string()),
         "{r:#}"
     );
-    let rows = checks::recent(&db.store, 10).await.unwrap();
+    let rows = db::recent(&db.store, 10).await.unwrap();
     assert_eq!(rows.len(), 1);
     assert!(rows[0].encryption_config.ends_with("/enc.yaml"));
 

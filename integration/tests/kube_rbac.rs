@@ -11,9 +11,8 @@
 use std::time::{Duration, Instant};
 
 use rekey::{
-    config::SinkSpec,
     k8s::{BootstrapTokensConfig, bootstrap, legacy, reload::Reloader, tokens},
-    sink::{Material, Publication, SinkContext, build},
+    sink::{Material, Publication, SinkContext, SinkSpec, build},
 };
 use rekey_integration::{
     bin::{outcome, rekey, run},

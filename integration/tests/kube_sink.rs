@@ -1,9 +1,8 @@
 //! The kubernetes-secret sink against the stand-in, through rekey's RBAC.
 
 use rekey::{
-    config::SinkSpec,
     k8s::{NOT_AFTER_ANNOTATION, VERSION_ANNOTATION},
-    sink::{Material, Publication, Sink, SinkContext, SinkError, build},
+    sink::{Material, Publication, Sink, SinkContext, SinkError, SinkSpec, build},
 };
 use rekey_integration::kube::{Fault, FaultKind, KubeStandIn, fixtures};
 use secrecy::SecretString;

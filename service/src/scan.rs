@@ -3,13 +3,42 @@
 //! `/etc/kubernetes/pki`) and client certificates embedded in kubeconfigs.
 //! Private keys are never read: only files holding certificates are parsed.
 
-use std::path::{Path, PathBuf};
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use base64::Engine as _;
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-use crate::store::{Store, StoreError, credentials::kind, sync::Tracked};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    schedule::jobs::every,
+    store::{Store, StoreError, credentials::kind, sync::Tracked},
+};
+
+/// How often `rekey serve` rescans the `[[scan]]` directories.
+pub const INTERVAL: Duration = Duration::from_secs(60);
+
+/// `[[scan]]`: a directory of PEM certificates and kubeconfigs to track.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScanConfig {
+    /// The directory (scanned recursively).
+    pub dir: PathBuf,
+}
+
+impl ScanConfig {
+    /// Checks field values; an error is `(field, message)`.
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        if self.dir.as_os_str().is_empty() {
+            return Err(("dir".into(), "must not be empty".into()));
+        }
+        Ok(())
+    }
+}
 
 /// Largest file looked at (certificates and kubeconfigs are small).
 const MAX_FILE: u64 = 1 << 20;
@@ -180,12 +209,26 @@ pub async fn record(store: &Store, dirs: &[PathBuf]) -> Result<usize, StoreError
     Ok(tracked.len())
 }
 
+/// Records the `[[scan]]` directories every [`INTERVAL`] until `shutdown`.
+pub async fn run(store: Store, dirs: Vec<PathBuf>, shutdown: CancellationToken) {
+    every(INTERVAL, &shutdown, |_| {
+        let (store, dirs) = (&store, &dirs);
+        async move {
+            match record(store, dirs).await {
+                Ok(n) => tracing::debug!(certificates = n, "scan recorded"),
+                Err(e) => tracing::warn!(error = %e, "scan could not be recorded"),
+            }
+        }
+    })
+    .await;
+}
+
 #[cfg(test)]
 mod tests {
     use chrono::TimeDelta;
 
     use super::*;
-    use crate::{config::KeyType, issue::CertAuthority};
+    use crate::issue::{CertAuthority, KeyType};
 
     #[test]
     fn finds_pem_and_kubeconfig_certificates() {

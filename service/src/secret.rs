@@ -14,6 +14,18 @@ pub fn secret_bytes(bytes: Vec<u8>) -> SecretBytes {
     SecretSlice::from(bytes)
 }
 
+/// Serializes an optional secret as `"[redacted]"` (or `null`), for
+/// configuration sections that are printed or sent as JSON.
+pub fn serialize_redacted<S: serde::Serializer>(
+    value: &Option<SecretString>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match value {
+        Some(_) => s.serialize_some("[redacted]"),
+        None => s.serialize_none(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,6 +1,14 @@
-//! Logs (tracing) and metrics (Prometheus).
+//! Logs (tracing) and metrics (Prometheus), and `[metrics]`.
 
 use tracing_subscriber::{EnvFilter, fmt, prelude::*};
+
+/// `[metrics]`
+#[derive(Debug, Clone, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Plain-HTTP listen address for `/metrics`, `/healthz`, `/readyz`.
+    pub listen: String,
+}
 
 /// Log line format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

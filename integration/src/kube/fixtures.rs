@@ -5,9 +5,9 @@ use std::time::Duration;
 use base64::{Engine, engine::general_purpose::STANDARD};
 use chrono::{TimeDelta, Utc};
 use rekey::{
-    config::{CertificateSpec, KeyType, SinkSpec, TokenSpec, Usage},
-    issue::CertAuthority,
-    sink::Material,
+    issue::{CertAuthority, CertificateSpec, KeyType, Usage},
+    rotate::TokenSpec,
+    sink::{Material, SinkSpec},
 };
 use secrecy::SecretString;
 use serde_json::{Value, json};

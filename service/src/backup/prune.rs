@@ -3,7 +3,7 @@
 use chrono::{DateTime, TimeDelta, Utc};
 use uuid::Uuid;
 
-use super::records::BackupRecord;
+use super::db::BackupRecord;
 
 /// What to keep.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -10,7 +10,7 @@
 
 use std::{fs::File, os::unix::fs::FileExt, path::Path};
 
-use crate::etcd::{EtcdConfig, client::ConnectError};
+use crate::etcd::{client::ConnectError, settings::EtcdConfig};
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
 

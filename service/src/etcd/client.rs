@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use etcd_client::{Certificate, Client, ConnectOptions, Identity, TlsOptions};
 
-use super::EtcdConfig;
+use super::settings::EtcdConfig;
 
 /// Why etcd could not be reached.
 #[derive(Debug, thiserror::Error)]

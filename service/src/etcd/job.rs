@@ -9,18 +9,15 @@
 //! and the counter `rekey_etcd_check_failures_total` for runs that could not
 //! complete (etcd unreachable, file unreadable).
 
-use std::time::Duration;
-
-use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    EtcdConfig,
-    checks::Trigger,
+    db::Trigger,
     report::Report,
+    settings::EtcdConfig,
     verify::{VerifyError, VerifyOptions, verify_and_record},
 };
-use crate::store::Store;
+use crate::{schedule::jobs::on_cron, store::Store};
 
 /// Why the job cannot run at all.
 #[derive(Debug, thiserror::Error)]
@@ -72,11 +69,6 @@ pub async fn run_once(
     result
 }
 
-/// The next fire of `schedule` after `now`.
-pub fn next_fire(schedule: &cron::Schedule, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
-    schedule.after(&now).next()
-}
-
 /// Runs the check on `config.check_schedule` until `shutdown` is cancelled.
 /// A failed run is logged and counted; the job goes on to the next fire.
 pub async fn run_scheduled(
@@ -91,22 +83,20 @@ pub async fn run_scheduled(
     let schedule = crate::schedule::parse_cron(expr).map_err(JobError::Schedule)?;
     let opts = VerifyOptions::from_config(&config).ok_or(JobError::Missing("encryption_config"))?;
     tracing::info!(schedule = expr, prefix = %opts.prefix, "scheduled etcd encryption check");
-    loop {
-        let Some(next) = next_fire(&schedule, Utc::now()) else {
-            tracing::info!("etcd check schedule has no further fire times");
-            shutdown.cancelled().await;
-            return Ok(());
-        };
-        let wait = (next - Utc::now()).to_std().unwrap_or(Duration::ZERO);
-        tokio::select! {
-            () = shutdown.cancelled() => return Ok(()),
-            () = tokio::time::sleep(wait) => {}
+    on_cron(&schedule, &shutdown, |shutdown| {
+        let (store, opts) = (&store, &opts);
+        async move {
+            tokio::select! {
+                () = shutdown.cancelled() => {}
+                _ = run_once(store, opts) => {}
+            }
         }
-        tokio::select! {
-            () = shutdown.cancelled() => return Ok(()),
-            _ = run_once(&store, &opts) => {}
-        }
-    }
+    })
+    .await;
+    // A schedule with no further fire times: idle until shutdown, so the
+    // leader does not restart the job.
+    shutdown.cancelled().await;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -134,16 +124,6 @@ mod tests {
             CancellationToken::new(),
         ));
         assert_send(&verify_and_record(&opts, Some(&store), Trigger::Api));
-    }
-
-    #[test]
-    fn next_fire_follows_cron() {
-        let s = crate::schedule::parse_cron("0 */15 * * * *").unwrap();
-        let now: DateTime<Utc> = "2026-01-01T10:07:30Z".parse().unwrap();
-        assert_eq!(
-            next_fire(&s, now).unwrap().to_rfc3339(),
-            "2026-01-01T10:15:00+00:00"
-        );
     }
 
     #[tokio::test]

@@ -11,13 +11,13 @@ use std::path::PathBuf;
 use chrono::Utc;
 
 use super::{
-    EtcdConfig,
-    checks::{self, Trigger},
     client::{ConnectError, connect},
+    db::{self, Scope, Trigger},
     encryption::{self, ConfigKind, GroupResource},
     policy::{self, KeyAge},
     report::{ConfigReport, Report},
     scan::{self, DEFAULT_MAX_LISTED, ScanError, ScanOptions},
+    settings::{DEFAULT_PREFIX, EtcdConfig},
     values::Keyring,
 };
 use crate::{
@@ -51,10 +51,7 @@ impl VerifyOptions {
         Some(Self {
             encryption_config: etcd.encryption_config.clone()?,
             etcd: etcd.clone(),
-            prefix: etcd
-                .prefix
-                .clone()
-                .unwrap_or_else(|| super::DEFAULT_PREFIX.into()),
+            prefix: etcd.prefix.clone().unwrap_or_else(|| DEFAULT_PREFIX.into()),
             resource: etcd.resource.clone(),
             sample: etcd.sample,
             max_key_age: etcd.max_key_age,
@@ -203,12 +200,10 @@ pub async fn verify(opts: &VerifyOptions, history: Option<&Store>) -> Result<Rep
     let age = match (write_key, opts.max_key_age) {
         (Some(k), Some(_)) => match (k.created_at, history) {
             (Some(t), _) => KeyAge::Annotation(t),
-            (None, Some(store)) => {
-                match checks::first_seen_writing(store, &k.fingerprint()).await? {
-                    Some(t) => KeyAge::History(t),
-                    None => KeyAge::Unknown,
-                }
-            }
+            (None, Some(store)) => match db::first_seen_writing(store, &k.fingerprint()).await? {
+                Some(t) => KeyAge::History(t),
+                None => KeyAge::Unknown,
+            },
             (None, None) => KeyAge::Unknown,
         },
         _ => KeyAge::Unknown,
@@ -267,7 +262,15 @@ pub async fn verify_and_record(
     let started = Utc::now();
     let report = verify(opts, store).await?;
     let id = match store {
-        Some(s) => Some(checks::record(s, &report, opts, trigger, started).await?),
+        Some(s) => {
+            let resource = opts.resource_name();
+            let scope = Scope {
+                endpoints: &opts.etcd.endpoints,
+                prefix: &opts.prefix,
+                resource: &resource,
+            };
+            Some(db::record(s, &report, scope, trigger, started).await?)
+        }
         None => None,
     };
     Ok((report, id))

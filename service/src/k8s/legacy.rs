@@ -10,8 +10,19 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, ListParams};
 use serde_json::json;
 
-use super::{K8sError, call, to_chrono};
-use crate::store::Store;
+use tokio_util::sync::CancellationToken;
+
+use super::{
+    error::{K8sError, call},
+    objects::to_chrono,
+};
+use crate::{
+    schedule::jobs::every,
+    store::{
+        Store,
+        credentials::{Discovered, kind},
+    },
+};
 
 /// Prefix of the credential names of discovered legacy tokens.
 pub const NAME_PREFIX: &str = "legacy-sa-token/";
@@ -68,49 +79,28 @@ pub async fn list(client: &kube::Client) -> Result<Vec<LegacyToken>, K8sError> {
     Ok(out)
 }
 
-/// Finds legacy tokens and upserts them into `credentials`; rows for tokens
+/// Finds legacy tokens and records them in `credentials`; rows for tokens
 /// that no longer exist are marked removed. Returns how many were found.
 pub async fn discover(store: &Store, client: &kube::Client) -> Result<usize, K8sError> {
     let found = list(client).await?;
-    let mut tx = store
-        .pool()
-        .begin()
-        .await
-        .map_err(crate::store::StoreError::from)?;
-    let mut names = Vec::with_capacity(found.len());
-    for t in &found {
-        let name = t.credential_name();
-        sqlx::query(
-            "INSERT INTO credentials (name, kind, source, managed, spec, not_before)
-             VALUES ($1, 'service_account_token', 'discovered', false, $2, $3)
-             ON CONFLICT (name) DO UPDATE
-               SET spec = EXCLUDED.spec, not_before = EXCLUDED.not_before, removed_at = NULL, updated_at = now()
-             WHERE credentials.source = 'discovered'",
-        )
-        .bind(&name)
-        .bind(json!({
-            "legacy": true,
-            "namespace": t.namespace,
-            "secret": t.secret,
-            "service_account": t.service_account,
-        }))
-        .bind(t.created)
-        .execute(&mut *tx)
-        .await
-        .map_err(crate::store::StoreError::from)?;
-        names.push(name);
-    }
-    sqlx::query(
-        "UPDATE credentials SET removed_at = now(), updated_at = now()
-         WHERE source = 'discovered' AND kind = 'service_account_token' AND removed_at IS NULL
-           AND starts_with(name, $1) AND NOT (name = ANY($2))",
-    )
-    .bind(NAME_PREFIX)
-    .bind(&names)
-    .execute(&mut *tx)
-    .await
-    .map_err(crate::store::StoreError::from)?;
-    tx.commit().await.map_err(crate::store::StoreError::from)?;
+    let rows: Vec<Discovered> = found
+        .iter()
+        .map(|t| Discovered {
+            name: t.credential_name(),
+            kind: kind::SERVICE_ACCOUNT_TOKEN,
+            spec: json!({
+                "legacy": true,
+                "namespace": t.namespace,
+                "secret": t.secret,
+                "service_account": t.service_account,
+            }),
+            not_before: t.created,
+            not_after: None,
+        })
+        .collect();
+    store
+        .sync_discovered(kind::SERVICE_ACCOUNT_TOKEN, NAME_PREFIX, &rows)
+        .await?;
     if !found.is_empty() {
         tracing::warn!(
             count = found.len(),
@@ -118,4 +108,24 @@ pub async fn discover(store: &Store, client: &kube::Client) -> Result<usize, K8s
         );
     }
     Ok(found.len())
+}
+
+/// Runs [`discover`] every `period` until `shutdown` (on every replica:
+/// the writes are idempotent).
+pub async fn run(
+    store: Store,
+    client: kube::Client,
+    period: std::time::Duration,
+    shutdown: CancellationToken,
+) {
+    every(period, &shutdown, |_| {
+        let (store, client) = (&store, &client);
+        async move {
+            match discover(store, client).await {
+                Ok(n) => tracing::debug!(found = n, "legacy token discovery"),
+                Err(e) => tracing::warn!(error = %e, "legacy token discovery failed"),
+            }
+        }
+    })
+    .await;
 }

@@ -13,7 +13,7 @@ use kube::api::{Api, Patch, PatchParams};
 use serde_json::json;
 use tokio::time::Instant;
 
-use super::{K8sError, call};
+use super::error::{K8sError, call};
 
 /// The pod-template annotation rekey sets to roll a workload.
 pub const RESTARTED_AT: &str = "rekey.io/restarted-at";

@@ -1,36 +1,29 @@
-//! How the running service uses this module: the client (when the config
-//! needs one), the engine's token issuer and consumer reloader, and the
-//! long-running jobs (bootstrap-token watcher, legacy-token discovery).
+//! How the running service uses this module: the client, the engine's token
+//! issuer and consumer reloader (implementations of `rotate`'s traits), and
+//! the long-running jobs (bootstrap-token watcher, legacy-token discovery).
 
 use std::{sync::Arc, time::Duration};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use super::{K8sError, bootstrap, legacy, reload::Reloader, tokens};
+use super::{
+    bootstrap,
+    connect::client_for,
+    error::K8sError,
+    legacy,
+    reload::{self, Reloader},
+    settings::{BootstrapTokensConfig, KubernetesConfig},
+    tokens,
+};
 use crate::{
-    config::{Config, SinkSpec, TokenSpec},
-    rotate::{IssuedToken, Reload, TokenIssuer},
+    rotate::tokens::{IssuedToken, Reload, ReloadError, TokenError, TokenIssuer, TokenSpec},
     store::Store,
 };
 
 /// How often legacy long-lived token Secrets are looked for.
 pub const LEGACY_INTERVAL: Duration = Duration::from_secs(300);
-
-/// Whether the config needs the Kubernetes API: `[kubernetes]`, a
-/// kubernetes-secret sink, a `[[token]]`, consumers to reload, or
-/// `[bootstrap_tokens]`.
-pub fn needs_kubernetes(config: &Config) -> bool {
-    config.kubernetes.is_some()
-        || config.bootstrap_tokens.is_some()
-        || !config.tokens.is_empty()
-        || config
-            .certificates
-            .iter()
-            .any(|c| matches!(c.sink, SinkSpec::KubernetesSecret { .. }) || !c.reload.is_empty())
-}
 
 /// The Kubernetes side of a running service.
 #[derive(Clone)]
@@ -47,35 +40,38 @@ impl std::fmt::Debug for Kube {
 }
 
 impl Kube {
-    /// Builds the client if the config needs one (`[kubernetes]`, else
-    /// `KUBECONFIG` / `~/.kube/config` / in-cluster).
-    pub async fn connect_if_needed(config: &Config) -> Result<Option<Self>, K8sError> {
-        if !needs_kubernetes(config) {
-            return Ok(None);
-        }
-        let client = super::client_for(config.kubernetes.as_ref()).await?;
-        let k = config.kubernetes.as_ref();
+    /// Builds the client from `[kubernetes]` when given, else `KUBECONFIG` /
+    /// `~/.kube/config` / in-cluster, and the process's one reloader.
+    pub async fn connect(config: Option<&KubernetesConfig>) -> Result<Self, K8sError> {
+        let client = client_for(config).await?;
         let reloader = Reloader::new(
             client.clone(),
-            k.and_then(|k| k.reload_per_minute)
-                .unwrap_or(super::reload::DEFAULT_PER_MINUTE),
-            k.and_then(|k| k.reload_burst)
-                .unwrap_or(super::reload::DEFAULT_BURST),
+            config
+                .and_then(|k| k.reload_per_minute)
+                .unwrap_or(reload::DEFAULT_PER_MINUTE),
+            config
+                .and_then(|k| k.reload_burst)
+                .unwrap_or(reload::DEFAULT_BURST),
         );
-        Ok(Some(Self { client, reloader }))
+        Ok(Self { client, reloader })
     }
 
-    /// The engine's TokenRequest issuer.
     /// The bootstrap-token watcher, to run under leader election.
     pub async fn bootstrap_watcher(
         &self,
         store: Store,
-        config: crate::k8s::BootstrapTokensConfig,
+        config: BootstrapTokensConfig,
         shutdown: CancellationToken,
     ) -> anyhow::Result<()> {
         bootstrap::run(store, self.client.clone(), config, shutdown)
             .await
             .map_err(anyhow::Error::from)
+    }
+
+    /// Legacy-token discovery every [`LEGACY_INTERVAL`] until `shutdown`
+    /// (every replica runs it: the writes are idempotent).
+    pub async fn legacy_discovery(&self, store: Store, shutdown: CancellationToken) {
+        legacy::run(store, self.client.clone(), LEGACY_INTERVAL, shutdown).await;
     }
 
     /// The engine's token issuer.
@@ -86,34 +82,6 @@ impl Kube {
     /// The engine's consumer reloader (one bucket for the process).
     pub fn reload(&self) -> Arc<dyn Reload> {
         Arc::new(KubeReload(self.reloader.clone()))
-    }
-
-    /// Spawns the bootstrap-token watcher (when `[bootstrap_tokens]` is
-    /// present) and periodic legacy-token discovery onto `tasks`.
-    /// Spawns the jobs every replica runs (legacy-token discovery). The
-    /// bootstrap-token watcher runs on one replica at a time: see
-    /// [`Kube::bootstrap_watcher`].
-    pub fn spawn_jobs(
-        &self,
-        _config: &Config,
-        store: &Store,
-        shutdown: &CancellationToken,
-        tasks: &mut JoinSet<(&'static str, anyhow::Result<()>)>,
-    ) {
-        let (store, client, shutdown) = (store.clone(), self.client.clone(), shutdown.clone());
-        tasks.spawn(async move {
-            loop {
-                match legacy::discover(&store, &client).await {
-                    Ok(n) => tracing::debug!(found = n, "legacy token discovery"),
-                    Err(e) => tracing::warn!(error = %e, "legacy token discovery failed"),
-                }
-                tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    _ = tokio::time::sleep(LEGACY_INTERVAL) => {}
-                }
-            }
-            ("legacy-token discovery", Ok(()))
-        });
     }
 }
 
@@ -126,23 +94,20 @@ impl TokenIssuer for KubeTokens {
         spec: &TokenSpec,
         version: i64,
         now: DateTime<Utc>,
-    ) -> Result<IssuedToken, String> {
-        let t = tokens::issue(&self.0, spec, version, now)
+    ) -> Result<IssuedToken, TokenError> {
+        tokens::issue(&self.0, spec, version, now)
             .await
-            .map_err(|e| e.to_string())?;
-        Ok(IssuedToken {
-            token: t.token,
-            not_before: t.not_before,
-            not_after: t.not_after,
-            fingerprint: t.fingerprint,
-            details: t.details,
-        })
+            .map_err(TokenError::service)
     }
 
-    async fn retire(&self, spec: &TokenSpec, details: &serde_json::Value) -> Result<(), String> {
+    async fn retire(
+        &self,
+        spec: &TokenSpec,
+        details: &serde_json::Value,
+    ) -> Result<(), TokenError> {
         tokens::retire(&self.0, spec, details)
             .await
-            .map_err(|e| e.to_string())
+            .map_err(TokenError::service)
     }
 }
 
@@ -150,7 +115,7 @@ struct KubeReload(Reloader);
 
 #[async_trait]
 impl Reload for KubeReload {
-    async fn restart(&self, targets: &[String]) -> Result<(), String> {
-        self.0.restart(targets).await.map_err(|e| e.to_string())
+    async fn restart(&self, targets: &[String]) -> Result<(), ReloadError> {
+        self.0.restart(targets).await.map_err(ReloadError::service)
     }
 }

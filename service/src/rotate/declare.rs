@@ -6,10 +6,11 @@ use chrono::{TimeDelta, Utc};
 use futures::StreamExt;
 use sha2::{Digest, Sha256};
 
+use super::tokens::TokenSpec;
 use crate::{
-    config::{CertificateSpec, Config, SinkSpec, TokenSpec},
+    issue::CertificateSpec,
     schedule::{self, Jitter},
-    sink::{self, SinkContext},
+    sink::{self, SinkContext, SinkSpec},
     store::{
         Store, StoreError,
         credentials::kind,
@@ -41,8 +42,9 @@ fn sink_json(sink: &SinkSpec) -> serde_json::Value {
     serde_json::to_value(sink).unwrap_or_default()
 }
 
-/// The credentials a configuration declares.
-pub fn declared(config: &Config) -> Vec<Declared> {
+/// The credentials a configuration declares (its `[[certificate]]` and
+/// `[[token]]` entries).
+pub fn declared(certificates: &[CertificateSpec], tokens: &[TokenSpec]) -> Vec<Declared> {
     let cert = |c: &CertificateSpec| {
         let spec = serde_json::to_value(c).unwrap_or_default();
         Declared {
@@ -65,11 +67,10 @@ pub fn declared(config: &Config) -> Vec<Declared> {
             schedule: t.schedule.clone(),
         }
     };
-    config
-        .certificates
+    certificates
         .iter()
         .map(cert)
-        .chain(config.tokens.iter().map(token))
+        .chain(tokens.iter().map(token))
         .collect()
 }
 
@@ -77,12 +78,13 @@ pub fn declared(config: &Config) -> Vec<Declared> {
 /// policy changed and those whose sink no longer holds the current version.
 pub async fn sync_config(
     store: &Store,
-    config: &Config,
+    certificates: &[CertificateSpec],
+    tokens: &[TokenSpec],
     sinks: &SinkContext,
     jitter: Jitter,
     actor: &str,
 ) -> Result<SyncReport, StoreError> {
-    let declared = declared(config);
+    let declared = declared(certificates, tokens);
     let report = store.sync_declared("config", &declared, actor).await?;
     let names: Vec<String> = declared.iter().map(|d| d.name.clone()).collect();
     let validities = store.validities(&names).await?;

@@ -3,16 +3,16 @@
 //! consumers have had `grace` to reload the new one. (Unbound TokenRequest
 //! tokens cannot be revoked one by one: they are left to expire.)
 //!
-//! Runs on every replica: rows are claimed with `FOR UPDATE SKIP LOCKED`, so
-//! each version is retired once.
+//! Runs on every replica: versions are claimed with `FOR UPDATE SKIP
+//! LOCKED` (`store::versions`), so each version is retired once.
 
 use std::{sync::Arc, time::Duration};
 
 use tokio_util::sync::CancellationToken;
 
-use super::TokenIssuer;
+use super::tokens::{TokenIssuer, TokenSpec};
 use crate::{
-    config::TokenSpec,
+    schedule::jobs::every,
     store::{
         Store, StoreError,
         audit::{NewEvent, Outcome},
@@ -20,7 +20,7 @@ use crate::{
 };
 
 /// How often superseded versions are looked at.
-const INTERVAL: Duration = Duration::from_secs(5);
+pub const INTERVAL: Duration = Duration::from_secs(5);
 
 /// Versions retired per round.
 const BATCH: i64 = 50;
@@ -31,66 +31,52 @@ pub async fn retire_due(
     tokens: &dyn TokenIssuer,
     actor: &str,
 ) -> Result<usize, StoreError> {
-    let mut tx = store.pool().begin().await?;
-    let due: Vec<(i64, String, serde_json::Value, serde_json::Value)> = sqlx::query_as(
-        "SELECT v.id, c.name, c.spec, v.details
-         FROM credential_versions v JOIN credentials c ON c.id = v.credential_id
-         WHERE v.status = 'superseded' AND v.retire_after <= now() AND c.kind = 'service_account_token'
-         ORDER BY v.retire_after
-         LIMIT $1
-         FOR UPDATE OF v SKIP LOCKED",
-    )
-    .bind(BATCH)
-    .fetch_all(&mut *tx)
-    .await?;
+    let claimed = store.claim_retirements(BATCH).await?;
     let mut revoked = Vec::new();
     let mut events = Vec::new();
-    for (id, name, spec, details) in due {
-        let Ok(spec) = serde_json::from_value::<TokenSpec>(spec) else {
+    for v in &claimed.due {
+        let Ok(spec) = serde_json::from_value::<TokenSpec>(v.spec.clone()) else {
             continue;
         };
-        match tokens.retire(&spec, &details).await {
+        match tokens.retire(&spec, &v.details).await {
             Ok(()) => {
                 crate::crash::point("retire-after-revoke");
-                revoked.push(id);
-                let mut e =
-                    NewEvent::new(actor, "credential.retire_version", &name, Outcome::Success);
+                revoked.push(v.id);
+                let mut e = NewEvent::new(
+                    actor,
+                    "credential.retire_version",
+                    &v.credential,
+                    Outcome::Success,
+                );
                 e.reason = Some("grace period over".into());
-                e.details = serde_json::json!({ "version": id, "bound": details });
+                e.details = serde_json::json!({ "version": v.id, "bound": v.details });
                 events.push(e);
             }
             Err(e) => {
-                tracing::warn!(credential = %name, version = id, error = %e, "retiring a superseded token failed; will retry")
+                tracing::warn!(credential = %v.credential, version = v.id, error = %e, "retiring a superseded token failed; will retry")
             }
         }
     }
-    sqlx::query(
-        "UPDATE credential_versions SET status = 'revoked', revoked_at = now() WHERE id = ANY($1)",
-    )
-    .bind(&revoked)
-    .execute(&mut *tx)
-    .await?;
-    crate::store::audit::record_many(&mut *tx, &events).await?;
-    tx.commit().await?;
+    claimed.finish(&revoked, &events).await?;
     Ok(revoked.len())
 }
 
-/// Retires due versions every few seconds until `shutdown`.
+/// Retires due versions every [`INTERVAL`] until `shutdown`.
 pub async fn run(
     store: Store,
     tokens: Arc<dyn TokenIssuer>,
     actor: String,
     shutdown: CancellationToken,
 ) {
-    loop {
-        match retire_due(&store, tokens.as_ref(), &actor).await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(versions = n, "retired superseded token versions"),
-            Err(e) => tracing::warn!(error = %e, "retiring superseded versions failed"),
+    every(INTERVAL, &shutdown, |_| {
+        let (store, tokens, actor) = (&store, &tokens, &actor);
+        async move {
+            match retire_due(store, tokens.as_ref(), actor).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(versions = n, "retired superseded token versions"),
+                Err(e) => tracing::warn!(error = %e, "retiring superseded versions failed"),
+            }
         }
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(INTERVAL) => {}
-        }
-    }
+    })
+    .await;
 }

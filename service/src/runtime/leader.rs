@@ -9,10 +9,10 @@
 //! check fails; a new leader waits [`TAKEOVER_DELAY`] before starting, so
 //! the two never overlap. Each leadership bumps an
 //! epoch in `leadership` (a fencing token, logged and passed to the job).
+//! The lock and the table are `store::leadership`; this file is the loop.
 
 use std::{future::Future, time::Duration};
 
-use sqlx::{Connection, PgConnection};
 use tokio_util::sync::CancellationToken;
 
 use crate::store::Store;
@@ -27,33 +27,6 @@ pub const RETRY: Duration = Duration::from_secs(2);
 /// leader has failed a heartbeat (each is bounded by [`HEARTBEAT`]) and
 /// stopped, so two leaders never run at once.
 pub const TAKEOVER_DELAY: Duration = Duration::from_secs(5);
-
-async fn try_lead(
-    store: &Store,
-    name: &str,
-    replica: &str,
-) -> Result<Option<(PgConnection, i64)>, sqlx::Error> {
-    let mut conn = store.pool().acquire().await?.detach();
-    let got: bool =
-        sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtext('rekey:leader:' || $1)::bigint)")
-            .bind(name)
-            .fetch_one(&mut conn)
-            .await?;
-    if !got {
-        let _ = conn.close().await;
-        return Ok(None);
-    }
-    let epoch: i64 = sqlx::query_scalar(
-        "INSERT INTO leadership (name, epoch, holder) VALUES ($1, 1, $2)
-         ON CONFLICT (name) DO UPDATE SET epoch = leadership.epoch + 1, holder = EXCLUDED.holder, acquired_at = now()
-         RETURNING epoch",
-    )
-    .bind(name)
-    .bind(replica)
-    .fetch_one(&mut conn)
-    .await?;
-    Ok(Some((conn, epoch)))
-}
 
 /// Runs `job` whenever this replica leads `name`, until `shutdown`.
 ///
@@ -71,7 +44,7 @@ pub async fn lead<F, Fut>(
     Fut: Future<Output = anyhow::Result<()>>,
 {
     while !shutdown.is_cancelled() {
-        let (mut conn, epoch) = match try_lead(&store, name, &replica).await {
+        let mut lock = match store.try_lead(name, &replica).await {
             Ok(Some(l)) => l,
             Ok(None) => {
                 tokio::select! {
@@ -87,6 +60,7 @@ pub async fn lead<F, Fut>(
                 }
             }
         };
+        let epoch = lock.epoch;
         if epoch > 1 {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
@@ -112,7 +86,7 @@ pub async fn lead<F, Fut>(
                     break;
                 }
                 _ = heartbeat.tick() => {
-                    let alive = tokio::time::timeout(HEARTBEAT, sqlx::query("SELECT 1").execute(&mut conn)).await;
+                    let alive = tokio::time::timeout(HEARTBEAT, lock.check()).await;
                     if !matches!(alive, Ok(Ok(_))) {
                         tracing::warn!(job = name, epoch, "lost the leader lock's connection: stopping the job");
                         led.cancel();
@@ -122,6 +96,6 @@ pub async fn lead<F, Fut>(
         }
         metrics::gauge!("rekey_leader", "job" => name).set(0.0);
         // Closing the connection releases the advisory lock.
-        let _ = conn.close().await;
+        lock.release().await;
     }
 }

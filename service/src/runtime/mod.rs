@@ -18,17 +18,14 @@ use crate::{
     config::Config,
     error::{BadInput, BadInputExt},
     issue::CertAuthority,
+    k8s::wiring::Kube,
     rotate::{Engine, EngineDeps, declare},
-    schedule::Jitter,
     sink::SinkContext,
-    store::Store,
+    store::{Store, StoreError},
 };
 
 /// How long start-up waits for Postgres to accept connections.
 const DB_PATIENCE: Duration = Duration::from_secs(60);
-
-/// How often `[[scan]]` directories are rescanned.
-const SCAN_INTERVAL: Duration = Duration::from_secs(60);
 
 /// A started service.
 pub struct Running {
@@ -69,14 +66,13 @@ impl Running {
 pub async fn connect(config: &Config) -> anyhow::Result<Store> {
     let url = config.database.url().bad_input()?;
     let max = config.database.max_connections.unwrap_or(16);
-    let store = Store::connect_patiently(url, max, DB_PATIENCE)
+    Store::open(url, max, DB_PATIENCE)
         .await
         .map_err(|e| match e {
-            e @ crate::store::StoreError::BadUrl(_) => anyhow::Error::new(BadInput::new(e)),
+            e @ StoreError::BadUrl(_) => anyhow::Error::new(BadInput::new(e)),
+            e @ StoreError::Migrate(_) => anyhow::Error::new(e).context("applying migrations"),
             e => anyhow::Error::new(e),
-        })?;
-    store.migrate().await.context("applying migrations")?;
-    Ok(store)
+        })
 }
 
 /// Loads the CA named by `[issuer]`; required when certificates are declared.
@@ -110,23 +106,32 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         .replica_id
         .clone()
         .unwrap_or_else(crate::rotate::default_replica_id);
-    let kube = crate::k8s::wiring::Kube::connect_if_needed(&config)
-        .await
-        .map_err(|e| match e {
-            e @ crate::k8s::K8sError::Config(_) => anyhow::Error::new(BadInput::new(e)),
-            e => anyhow::Error::new(e),
-        })?;
+    let kube = match config.needs_kubernetes() {
+        true => Some(
+            Kube::connect(config.kubernetes.as_ref())
+                .await
+                .map_err(|e| match e {
+                    e @ crate::k8s::K8sError::Config(_) => anyhow::Error::new(BadInput::new(e)),
+                    e => anyhow::Error::new(e),
+                })?,
+        ),
+        false => None,
+    };
     let sinks = SinkContext {
         kube: kube.as_ref().map(|k| k.client.clone()),
     };
-    let jitter = Jitter {
-        max: config.engine.max_jitter.chrono(),
-        fraction: config.engine.jitter_fraction,
-    };
+    let jitter = config.engine.jitter();
     let actor = format!("rekey/{replica}");
-    let report = declare::sync_config(&store, &config, &sinks, jitter, &actor)
-        .await
-        .context("syncing declared credentials")?;
+    let report = declare::sync_config(
+        &store,
+        &config.certificates,
+        &config.tokens,
+        &sinks,
+        jitter,
+        &actor,
+    )
+    .await
+    .context("syncing declared credentials")?;
     tracing::info!(
         replica = %replica,
         added = report.added.len(), changed = report.changed.len(), removed = report.removed.len(),
@@ -156,7 +161,13 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         });
     }
     if let Some(k) = &kube {
-        k.spawn_jobs(&config, &store, &shutdown, &mut tasks);
+        {
+            let (k, store, shutdown) = (k.clone(), store.clone(), shutdown.clone());
+            tasks.spawn(async move {
+                k.legacy_discovery(store, shutdown).await;
+                ("legacy-token discovery", Ok(()))
+            });
+        }
         let (store, tokens, actor, shutdown) = (
             store.clone(),
             k.token_issuer(),
@@ -183,19 +194,9 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     }
     if !config.scans.is_empty() {
         let dirs: Vec<_> = config.scans.iter().map(|s| s.dir.clone()).collect();
-        let store = store.clone();
-        let shutdown = shutdown.clone();
+        let (store, shutdown) = (store.clone(), shutdown.clone());
         tasks.spawn(async move {
-            loop {
-                match crate::scan::record(&store, &dirs).await {
-                    Ok(n) => tracing::debug!(certificates = n, "scan recorded"),
-                    Err(e) => tracing::warn!(error = %e, "scan could not be recorded"),
-                }
-                tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    _ = tokio::time::sleep(SCAN_INTERVAL) => {}
-                }
-            }
+            crate::scan::run(store, dirs, shutdown).await;
             ("scan", Ok(()))
         });
     }
@@ -207,13 +208,12 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     })
 }
 
-/// Starts the admin API (`[api]`) and the metrics listener (`[metrics]`).
 /// Jobs that run on one replica at a time, under [`leader::lead`].
 fn spawn_led_jobs(
     config: &Config,
     store: &Store,
     replica: &str,
-    kube: Option<&crate::k8s::wiring::Kube>,
+    kube: Option<&Kube>,
     shutdown: &CancellationToken,
     tasks: &mut JoinSet<(&'static str, anyhow::Result<()>)>,
 ) {
@@ -265,13 +265,13 @@ fn spawn_led_jobs(
         tasks.spawn(async move {
             let actor = format!("rekey/{replica}");
             leader::lead(store.clone(), "backup", replica, shutdown, |led, _epoch| {
-                scheduled_backups(
-                    store.clone(),
-                    backup.clone(),
-                    etcd.clone(),
-                    actor.clone(),
-                    led,
-                )
+                let (store, backup, etcd, actor) =
+                    (store.clone(), backup.clone(), etcd.clone(), actor.clone());
+                async move {
+                    crate::backup::job::run_scheduled(store, backup, etcd, actor, led)
+                        .await
+                        .map_err(|e| anyhow::Error::new(BadInput::new(e)))
+                }
             })
             .await;
             ("scheduled backups", Ok(()))
@@ -279,39 +279,7 @@ fn spawn_led_jobs(
     }
 }
 
-/// Runs `rekey backup run` on `[backup].schedule` (and prunes to `keep`).
-async fn scheduled_backups(
-    store: Store,
-    backup: crate::backup::BackupConfig,
-    etcd: crate::etcd::EtcdConfig,
-    actor: String,
-    shutdown: CancellationToken,
-) -> anyhow::Result<()> {
-    let expr = backup.schedule.clone().unwrap_or_default();
-    let schedule = crate::schedule::parse_cron(&expr)
-        .map_err(|e| BadInput::msg(format!("backup.schedule: {e}")))?;
-    tracing::info!(schedule = %expr, destination = %backup.destination, "scheduled backups");
-    loop {
-        let Some(next) = schedule.after(&chrono::Utc::now()).next() else {
-            shutdown.cancelled().await;
-            return Ok(());
-        };
-        let wait = (next - chrono::Utc::now()).to_std().unwrap_or_default();
-        tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
-            _ = tokio::time::sleep(wait) => {}
-        }
-        let opts = crate::backup::RunOptions::quiet(actor.clone());
-        tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
-            result = crate::backup::run_backup(&store, &backup, &etcd, &opts) => match result {
-                Ok(r) => tracing::info!(backup = %r.id, location = %r.location, "scheduled backup completed"),
-                Err(e) => tracing::error!(error = %e, "scheduled backup failed"),
-            },
-        }
-    }
-}
-
+/// Starts the admin API (`[api]`) and the metrics listener (`[metrics]`).
 pub async fn start_api(
     config: &Config,
     store: &Store,

@@ -9,7 +9,7 @@
 use chrono::{DateTime, TimeDelta, Utc};
 use sha2::{Digest, Sha256};
 
-use crate::config::RenewalPolicy;
+use super::policy::RenewalPolicy;
 
 /// Why a credential is due.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

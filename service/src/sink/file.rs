@@ -15,7 +15,7 @@ use std::{
 use async_trait::async_trait;
 use secrecy::ExposeSecret;
 
-use super::{Material, Publication, Sink, SinkError};
+use super::model::{Material, Publication, Sink, SinkError};
 
 /// Name of the marker file holding the published version id.
 pub const VERSION_MARKER: &str = ".rekey-version";

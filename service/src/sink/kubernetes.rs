@@ -15,7 +15,7 @@ use k8s_openapi::{ByteString, api::core::v1::Secret};
 use kube::api::{Api, DeleteParams, ObjectMeta, PostParams, Preconditions};
 use secrecy::ExposeSecret;
 
-use super::{Material, Publication, Sink, SinkError};
+use super::model::{Material, Publication, Sink, SinkError};
 use crate::k8s::{
     self, CREDENTIAL_ANNOTATION, K8sError, MANAGED_BY, NOT_AFTER_ANNOTATION, VERSION_ANNOTATION,
 };

@@ -4,144 +4,18 @@
 //! records the version id with what it publishes (a marker file, a Secret
 //! annotation), so that after a crash [`Sink::published_version`] tells
 //! whether a `pending` version reached its consumers.
+//!
+//! - [`spec`]: [`SinkSpec`] (the `sink` field of a credential) and reload
+//!   targets, with their checks.
+//! - [`model`]: [`Material`], [`Publication`], the [`Sink`] trait, [`SinkError`].
+//! - [`file`], [`kubernetes`]: the two sinks; [`build`] picks one for a spec.
 
+pub mod build;
 pub mod file;
 pub mod kubernetes;
+pub mod model;
+pub mod spec;
 
-use std::sync::Arc;
-
-use async_trait::async_trait;
-use chrono::{DateTime, Utc};
-use secrecy::SecretString;
-
-use crate::config::SinkSpec;
-
-/// The material of one credential version.
-#[derive(Clone)]
-pub enum Material {
-    /// A certificate and its key.
-    Certificate {
-        /// Leaf certificate, then the CA chain (PEM): the content of `tls.crt`.
-        chain_pem: String,
-        /// Private key (PEM): `tls.key`.
-        key_pem: SecretString,
-        /// CA certificate (PEM): `ca.crt`.
-        ca_pem: String,
-    },
-    /// A bearer token.
-    Token {
-        /// The token: `token`.
-        token: SecretString,
-    },
-}
-
-impl std::fmt::Debug for Material {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Certificate { .. } => f.write_str("Material::Certificate([redacted])"),
-            Self::Token { .. } => f.write_str("Material::Token([redacted])"),
-        }
-    }
-}
-
-/// One version to publish.
-#[derive(Debug)]
-pub struct Publication<'a> {
-    /// The credential's name.
-    pub credential: &'a str,
-    /// The version id (`credential_versions.id`), recorded with the material.
-    pub version: i64,
-    /// When the material expires.
-    pub not_after: DateTime<Utc>,
-    /// What to publish.
-    pub material: &'a Material,
-    /// Take over an existing object rekey did not create.
-    pub adopt: bool,
-}
-
-/// Why publishing or reading back failed.
-#[derive(Debug, thiserror::Error)]
-pub enum SinkError {
-    /// A local file operation failed.
-    #[error("{path}: {source}")]
-    Io {
-        /// The file or directory.
-        path: String,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// The target exists and rekey does not own it.
-    #[error(
-        "refusing to overwrite {0}: it was not created by rekey (set adopt = true on the credential to take it over)"
-    )]
-    NotOwned(String),
-    /// The sink's kind cannot be used here (e.g. no Kubernetes client).
-    #[error("{0}")]
-    Unavailable(String),
-    /// A remote store (the Kubernetes API) failed.
-    #[error("{target}: {message}")]
-    Remote {
-        /// What was being written, e.g. `secret default/web-tls`.
-        target: String,
-        /// What went wrong.
-        message: String,
-        /// Worth retrying (timeouts, 5xx, conflicts).
-        retryable: bool,
-    },
-}
-
-impl SinkError {
-    /// Whether retrying later may succeed.
-    pub fn is_retryable(&self) -> bool {
-        match self {
-            Self::Io { .. } => true,
-            Self::NotOwned(_) | Self::Unavailable(_) => false,
-            Self::Remote { retryable, .. } => *retryable,
-        }
-    }
-}
-
-/// A place credential versions are published to.
-#[async_trait]
-pub trait Sink: Send + Sync + std::fmt::Debug {
-    /// Publishes a version atomically; returns once it is durable.
-    async fn publish(&self, publication: &Publication<'_>) -> Result<(), SinkError>;
-
-    /// The version currently published there, if rekey published one.
-    async fn published_version(&self) -> Result<Option<i64>, SinkError>;
-
-    /// A short description for logs, e.g. `file:/var/lib/rekey/web`.
-    fn describe(&self) -> String;
-}
-
-/// What sinks may need from the running service.
-#[derive(Clone, Default)]
-pub struct SinkContext {
-    /// A Kubernetes client, when one is configured.
-    pub kube: Option<kube::Client>,
-}
-
-impl std::fmt::Debug for SinkContext {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SinkContext")
-            .field("kube", &self.kube.is_some())
-            .finish()
-    }
-}
-
-/// Builds the sink a spec describes.
-pub fn build(spec: &SinkSpec, ctx: &SinkContext) -> Result<Arc<dyn Sink>, SinkError> {
-    match spec {
-        SinkSpec::File { dir } => Ok(Arc::new(file::FileSink::new(dir.clone()))),
-        SinkSpec::KubernetesSecret { namespace, name } => match &ctx.kube {
-            Some(client) => Ok(Arc::new(kubernetes::KubernetesSecretSink::new(
-                client.clone(),
-                namespace.clone(),
-                name.clone(),
-            ))),
-            None => Err(SinkError::Unavailable(format!(
-                "secret {namespace}/{name}: no Kubernetes client (configure [kubernetes] or run in-cluster)"
-            ))),
-        },
-    }
-}
+pub use build::build;
+pub use model::{Material, Publication, Sink, SinkContext, SinkError};
+pub use spec::SinkSpec;

@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::{Executor, Postgres};
 
-use super::{Store, StoreError};
+use super::{error::StoreError, pool::Store};
 
 /// Outcome of an audited action.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

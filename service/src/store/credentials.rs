@@ -1,9 +1,13 @@
-//! `credentials`: one row per tracked credential.
+//! `credentials`: one row per tracked credential, and what makes a
+//! credential name. Rows of credentials rekey found but does not manage
+//! (source `discovered`: legacy tokens, bootstrap tokens) are written here
+//! too, inside their finders' transactions.
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
+use sqlx::PgConnection;
 
-use super::{Store, StoreError};
+use super::{error::StoreError, pool::Store};
 
 /// Kinds of credential (the `kind` column).
 pub mod kind {
@@ -122,5 +126,99 @@ impl Store {
             .bind(name)
             .fetch_optional(self.pool())
             .await?)
+    }
+}
+
+/// Credential names: printable, no whitespace, at most 253 bytes.
+pub fn validate_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("must not be empty".into());
+    }
+    if name.len() > 253 {
+        return Err("longer than 253 characters".into());
+    }
+    if name.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!(
+            "`{name}` contains whitespace or control characters"
+        ));
+    }
+    Ok(())
+}
+
+/// A credential rekey found in the cluster and tracks for expiry only
+/// (source `discovered`, unmanaged).
+#[derive(Debug, Clone)]
+pub struct Discovered {
+    /// Unique name, e.g. `legacy-sa-token/<namespace>/<secret>`.
+    pub name: String,
+    /// Kind (see [`kind`]).
+    pub kind: &'static str,
+    /// Non-secret facts (JSON).
+    pub spec: serde_json::Value,
+    /// Start of validity, when known.
+    pub not_before: Option<DateTime<Utc>>,
+    /// Expiry (None: never expires).
+    pub not_after: Option<DateTime<Utc>>,
+}
+
+/// Records a discovered credential (or brings a removed one back). A row
+/// of the same name that rekey declares or issues is left alone.
+pub async fn upsert_discovered(conn: &mut PgConnection, d: &Discovered) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO credentials (name, kind, source, managed, spec, not_before, not_after)
+         VALUES ($1, $2, 'discovered', false, $3, $4, $5)
+         ON CONFLICT (name) DO UPDATE SET spec = EXCLUDED.spec, not_before = EXCLUDED.not_before,
+           not_after = EXCLUDED.not_after, removed_at = NULL, updated_at = now()
+         WHERE credentials.source = 'discovered'",
+    )
+    .bind(&d.name)
+    .bind(d.kind)
+    .bind(&d.spec)
+    .bind(d.not_before)
+    .bind(d.not_after)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Marks a discovered credential removed (it is gone from the cluster).
+pub async fn remove_discovered(conn: &mut PgConnection, name: &str) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE credentials SET removed_at = now(), updated_at = now()
+         WHERE name = $1 AND source = 'discovered' AND removed_at IS NULL",
+    )
+    .bind(name)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+impl Store {
+    /// Replaces the discovered credentials of `kind` whose names start with
+    /// `prefix` by `found`, in one transaction: each is upserted, and those
+    /// not found any more are marked removed.
+    pub async fn sync_discovered(
+        &self,
+        kind: &str,
+        prefix: &str,
+        found: &[Discovered],
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool().begin().await?;
+        for d in found {
+            upsert_discovered(&mut tx, d).await?;
+        }
+        let names: Vec<&str> = found.iter().map(|d| d.name.as_str()).collect();
+        sqlx::query(
+            "UPDATE credentials SET removed_at = now(), updated_at = now()
+             WHERE source = 'discovered' AND kind = $1 AND removed_at IS NULL
+               AND starts_with(name, $2) AND NOT (name = ANY($3))",
+        )
+        .bind(kind)
+        .bind(prefix)
+        .bind(&names)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
     }
 }

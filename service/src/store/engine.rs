@@ -5,7 +5,7 @@
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use super::{Store, StoreError, audit::NewEvent, rotations::WAKE_CHANNEL};
+use super::{audit::NewEvent, error::StoreError, pool::Store, rotations::WAKE_CHANNEL};
 
 /// The channel a finished rotation's id is announced on.
 pub const DONE_CHANNEL: &str = "rekey_rotation_done";

@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use uuid::Uuid;
 
-use super::{Store, StoreError};
+use super::{error::StoreError, pool::Store};
 
 /// The channel engines LISTEN on to wake up for new work.
 pub const WAKE_CHANNEL: &str = "rekey_wake";

@@ -3,7 +3,11 @@
 
 use chrono::{DateTime, Utc};
 
-use super::{Store, StoreError, audit::NewEvent, audit::Outcome};
+use super::{
+    audit::{NewEvent, Outcome},
+    error::StoreError,
+    pool::Store,
+};
 
 /// A credential as declared in the configuration.
 #[derive(Debug, Clone)]

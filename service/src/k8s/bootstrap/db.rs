@@ -1,6 +1,7 @@
-//! `bootstrap_tokens` and `bootstrap_token_joins` (migration 0004), and the
-//! mirror rows in `credentials` (`bootstrap-token/<id>`, kind
-//! `bootstrap_token`, unmanaged) that let `rekey status` show token expiry.
+//! `bootstrap_tokens` and `bootstrap_token_joins` (migration 0004). Each
+//! live token is mirrored in `credentials` (`bootstrap-token/<id>`, kind
+//! `bootstrap_token`, unmanaged) so `rekey status` shows its expiry; those
+//! rows are written through `store::credentials`, in the same transaction.
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -9,6 +10,7 @@ use super::model::{Join, Policy, TokenInfo};
 use crate::store::{
     Store, StoreError,
     audit::{NewEvent, Outcome, record_many},
+    credentials::{self, Discovered, kind},
 };
 
 /// A stored token.
@@ -118,18 +120,16 @@ pub async fn upsert_token(
         .fetch_one(&mut *tx)
         .await?;
     if matches!(state.as_str(), "active" | "used") {
-        sqlx::query(
-            "INSERT INTO credentials (name, kind, source, managed, spec, not_before, not_after)
-             VALUES ($1, 'bootstrap_token', 'discovered', false, $2, $3, $4)
-             ON CONFLICT (name) DO UPDATE SET spec = EXCLUDED.spec, not_before = EXCLUDED.not_before,
-               not_after = EXCLUDED.not_after, removed_at = NULL, updated_at = now()
-             WHERE credentials.source = 'discovered'",
+        credentials::upsert_discovered(
+            &mut tx,
+            &Discovered {
+                name: credential_name(&t.id),
+                kind: kind::BOOTSTRAP_TOKEN,
+                spec: serde_json::json!({"bootstrap_token": t.id, "policy": policy.as_str(), "usages": t.usages, "groups": t.groups}),
+                not_before: t.created,
+                not_after: t.expiration,
+            },
         )
-        .bind(credential_name(&t.id))
-        .bind(serde_json::json!({"bootstrap_token": t.id, "policy": policy.as_str(), "usages": t.usages, "groups": t.groups}))
-        .bind(t.created)
-        .bind(t.expiration)
-        .execute(&mut *tx)
         .await?;
     }
     tx.commit().await?;
@@ -277,21 +277,10 @@ pub async fn mark_gone(
     .rows_affected()
         > 0;
     if done {
-        remove_credential(&mut tx, id).await?;
+        credentials::remove_discovered(&mut tx, &credential_name(id)).await?;
     }
     tx.commit().await?;
     Ok(done)
-}
-
-async fn remove_credential(tx: &mut sqlx::PgConnection, id: &str) -> Result<(), StoreError> {
-    sqlx::query(
-        "UPDATE credentials SET removed_at = now(), updated_at = now()
-         WHERE name = $1 AND source = 'discovered' AND removed_at IS NULL",
-    )
-    .bind(credential_name(id))
-    .execute(tx)
-    .await?;
-    Ok(())
 }
 
 /// Claims a live token for revocation (`active`/`used` → `revoking`):
@@ -345,7 +334,7 @@ pub async fn finish_revocation(store: &Store, id: &str, actor: &str) -> Result<b
     ev.reason = reason;
     ev.details = serde_json::json!({"node": node, "csrs": csrs, "secret": format!("kube-system/bootstrap-token-{id}")});
     record_many(&mut *tx, std::slice::from_ref(&ev)).await?;
-    remove_credential(&mut tx, id).await?;
+    credentials::remove_discovered(&mut tx, &credential_name(id)).await?;
     tx.commit().await?;
     Ok(true)
 }

@@ -35,7 +35,10 @@ use kube::{
 use tokio_util::sync::CancellationToken;
 
 use self::model::{Decision, JoinFacts, Policy, TokenFacts};
-use super::{BootstrapTokensConfig, K8sError, call};
+use super::{
+    error::{K8sError, call},
+    settings::BootstrapTokensConfig,
+};
 use crate::store::{
     Store,
     audit::{NewEvent, Outcome},

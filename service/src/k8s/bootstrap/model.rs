@@ -11,7 +11,7 @@ use k8s_openapi::{
 use kube::api::ObjectMeta;
 use secrecy::{ExposeSecret, SecretString};
 
-use super::super::to_chrono;
+use super::super::objects::to_chrono;
 
 /// Type of bootstrap-token Secrets.
 pub const SECRET_TYPE: &str = "bootstrap.kubernetes.io/token";

@@ -1,12 +1,10 @@
-//! `etcd_checks`: the record of every encryption-at-rest check.
+//! `etcd_checks`: the record of every encryption-at-rest check (this
+//! module's own table; migration 0005).
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use super::{
-    report::{Report, Severity},
-    verify::VerifyOptions,
-};
+use super::report::{Report, Severity};
 use crate::store::{Store, StoreError};
 
 /// What started a check.
@@ -67,6 +65,17 @@ pub struct CheckRow {
     pub report: serde_json::Value,
 }
 
+/// Where a check looked, recorded with it.
+#[derive(Debug, Clone, Copy)]
+pub struct Scope<'a> {
+    /// The etcd client URLs.
+    pub endpoints: &'a [String],
+    /// The key prefix scanned.
+    pub prefix: &'a str,
+    /// The resource whose rules applied.
+    pub resource: &'a str,
+}
+
 fn count(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
@@ -75,7 +84,7 @@ fn count(n: u64) -> i64 {
 pub async fn record(
     store: &Store,
     report: &Report,
-    opts: &VerifyOptions,
+    scope: Scope<'_>,
     trigger: Trigger,
     started_at: DateTime<Utc>,
 ) -> Result<i64, StoreError> {
@@ -107,9 +116,9 @@ pub async fn record(
     .bind(&report.config.path)
     .bind(&report.config.sha256)
     .bind(report.config.valid)
-    .bind(opts.etcd.endpoints.join(","))
-    .bind(&opts.prefix)
-    .bind(opts.resource_name())
+    .bind(scope.endpoints.join(","))
+    .bind(scope.prefix)
+    .bind(scope.resource)
     .bind(scan.map(|s| s.revision))
     .bind(&report.config.write)
     .bind(&report.config.write_fingerprint)

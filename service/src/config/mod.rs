@@ -1,0 +1,172 @@
+//! The configuration file (`rekey.toml`): the sections the capabilities
+//! own, composed into one [`Config`], with the checks that span sections.
+//!
+//! Parsing is strict: unknown fields are errors, durations are human
+//! (`24h`, `90d`), and every error names the field (`certificate[1].lifetime`)
+//! and, where it can, the line. Environment variables override scalar fields:
+//! `REKEY_<SECTION>_<FIELD>` (e.g. `REKEY_API_LISTEN`, `REKEY_BACKUP_KEEP`),
+//! and `DATABASE_URL` overrides `database.url`.
+//!
+//! - here: [`Config`] and [`Config::validate`] (each section's own checks,
+//!   prefixed with its path, plus uniqueness of names and sinks);
+//! - [`load`]: reading, parsing, paths, `database.url_file`, error lines;
+//! - [`env`]: the environment overrides;
+//! - [`error`]: the [`ConfigError`] type.
+//!
+//! Each section type lives with the capability that owns it:
+//! `store::DatabaseConfig`, `issue::{IssuerConfig, CertificateSpec}`,
+//! `rotate::{EngineConfig, TokenSpec}`, `scan::ScanConfig`,
+//! `k8s::{KubernetesConfig, BootstrapTokensConfig}`, `api::ApiConfig`,
+//! `telemetry::MetricsConfig`, `etcd::EtcdConfig`, `backup::BackupConfig`.
+
+pub mod env;
+pub mod error;
+pub mod load;
+
+use std::{collections::HashSet, time::Duration};
+
+use serde::{Deserialize, Serialize};
+
+pub use error::ConfigError;
+
+use crate::{
+    api::ApiConfig,
+    backup::BackupConfig,
+    etcd::EtcdConfig,
+    issue::IssuerConfig,
+    k8s::{BootstrapTokensConfig, KubernetesConfig, MIN_TOKEN_LIFETIME_SECS},
+    rotate::{EngineConfig, TokenSpec},
+    scan::ScanConfig,
+    store::{DatabaseConfig, credentials::validate_name},
+    telemetry::MetricsConfig,
+};
+
+// re-export for front ends (until the merge)
+pub use crate::{
+    issue::{CertificateSpec, KeyType, Usage},
+    sink::SinkSpec,
+};
+
+/// The whole configuration file.
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where the inventory lives.
+    #[serde(default)]
+    pub database: DatabaseConfig,
+    /// The internal CA that signs leaf certificates.
+    pub issuer: Option<IssuerConfig>,
+    /// How the rotation engine claims and runs work.
+    #[serde(default)]
+    pub engine: EngineConfig,
+    /// Certificates rekey issues and rotates.
+    #[serde(default, rename = "certificate")]
+    pub certificates: Vec<CertificateSpec>,
+    /// Service-account tokens rekey requests and rotates.
+    #[serde(default, rename = "token")]
+    pub tokens: Vec<TokenSpec>,
+    /// Directories of certificates rekey did not issue, tracked for expiry.
+    #[serde(default, rename = "scan")]
+    pub scans: Vec<ScanConfig>,
+    /// How to reach the Kubernetes API (in-cluster config when absent).
+    pub kubernetes: Option<KubernetesConfig>,
+    /// Bootstrap-token revocation policy.
+    pub bootstrap_tokens: Option<BootstrapTokensConfig>,
+    /// The admin API.
+    pub api: Option<ApiConfig>,
+    /// The Prometheus endpoint.
+    pub metrics: Option<MetricsConfig>,
+    /// etcd access for encryption checks and backups.
+    pub etcd: Option<EtcdConfig>,
+    /// Encrypted etcd backups.
+    pub backup: Option<BackupConfig>,
+}
+
+impl Config {
+    /// Checks everything serde cannot: each section's own checks (ranges,
+    /// names, cron syntax), then uniqueness of credential names and sinks
+    /// across `[[certificate]]` and `[[token]]`.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.engine.validate().map_err(within("engine"))?;
+        let mut names = HashSet::new();
+        let mut sinks = HashSet::new();
+        for (i, c) in self.certificates.iter().enumerate() {
+            let at = format!("certificate[{i}]");
+            unique_name(&at, &c.name, &mut names)?;
+            c.validate().map_err(within(&at))?;
+            unique_sink(&at, &c.sink, &mut sinks)?;
+        }
+        let token_floor = Duration::from_secs(MIN_TOKEN_LIFETIME_SECS);
+        for (i, t) in self.tokens.iter().enumerate() {
+            let at = format!("token[{i}]");
+            unique_name(&at, &t.name, &mut names)?;
+            t.validate(token_floor).map_err(within(&at))?;
+            unique_sink(&at, &t.sink, &mut sinks)?;
+        }
+        for (i, s) in self.scans.iter().enumerate() {
+            s.validate().map_err(within(&format!("scan[{i}]")))?;
+        }
+        if let Some(b) = &self.bootstrap_tokens {
+            b.validate().map_err(within("bootstrap_tokens"))?;
+        }
+        if let Some(a) = &self.api {
+            a.validate().map_err(within("api"))?;
+        }
+        if let Some(x) = &self.etcd {
+            x.validate().map_err(within("etcd"))?;
+        }
+        if let Some(b) = &self.backup {
+            b.validate().map_err(within("backup"))?;
+        }
+        Ok(())
+    }
+
+    /// Whether the service needs the Kubernetes API: `[kubernetes]`, a
+    /// kubernetes-secret sink, a `[[token]]`, consumers to reload, or
+    /// `[bootstrap_tokens]`.
+    pub fn needs_kubernetes(&self) -> bool {
+        self.kubernetes.is_some()
+            || self.bootstrap_tokens.is_some()
+            || !self.tokens.is_empty()
+            || self.certificates.iter().any(|c| {
+                matches!(c.sink, crate::sink::SinkSpec::KubernetesSecret { .. })
+                    || !c.reload.is_empty()
+            })
+    }
+}
+
+/// Turns a section's `(field, message)` into an error at `section.field`.
+fn within(section: &str) -> impl Fn((String, String)) -> ConfigError + '_ {
+    move |(field, message)| ConfigError::new(format!("{section}.{field}"), message)
+}
+
+/// A credential name: valid, and not declared twice.
+fn unique_name<'a>(
+    at: &str,
+    name: &'a str,
+    seen: &mut HashSet<&'a str>,
+) -> Result<(), ConfigError> {
+    validate_name(name).map_err(|m| ConfigError::new(format!("{at}.name"), m))?;
+    if !seen.insert(name) {
+        return Err(ConfigError::new(
+            format!("{at}.name"),
+            format!("duplicate credential name `{name}`"),
+        ));
+    }
+    Ok(())
+}
+
+/// A sink: not published to by two credentials.
+fn unique_sink<'a>(
+    at: &str,
+    sink: &'a crate::sink::SinkSpec,
+    seen: &mut HashSet<&'a crate::sink::SinkSpec>,
+) -> Result<(), ConfigError> {
+    if !seen.insert(sink) {
+        return Err(ConfigError::new(
+            format!("{at}.sink"),
+            "another credential already publishes to this sink",
+        ));
+    }
+    Ok(())
+}
