@@ -4,7 +4,7 @@
 //!  watch Secrets (kube-system, type=bootstrap.kubernetes.io/token) ─┐
 //!  watch CSRs (signer kube-apiserver-client-kubelet) ── record join ├─► evaluate(id) ─ decide (pure)
 //!  watch Nodes ── mark joins of registered nodes ───────────────────┤        │
-//!  tick: max_age, expiry, unfinished revocations, failed events ────┘        ▼
+//!  sweep: max_age, expiry, unfinished revocations, failed events ───┘        ▼
 //!                                      claim (Postgres) → delete Secret (uid precondition)
 //!                                      → mark revoked + audit event (one transaction)
 //! ```
@@ -39,9 +39,12 @@ use super::{
     error::{K8sError, call},
     settings::BootstrapTokensConfig,
 };
-use crate::store::{
-    Store,
-    audit::{NewEvent, Outcome},
+use crate::{
+    schedule::jobs::every,
+    store::{
+        Store,
+        audit::{NewEvent, Outcome},
+    },
 };
 
 /// How often the watcher sweeps: max_age and expiry, unfinished revocations,
@@ -368,6 +371,111 @@ impl Watcher {
         Ok(())
     }
 
+    /// One event of the Secrets watch.
+    async fn on_secret_event(
+        &mut self,
+        ev: Result<watcher::Event<Secret>, watcher::Error>,
+        now: DateTime<Utc>,
+    ) {
+        match ev {
+            Ok(watcher::Event::Init) => {
+                self.secrets_relist = Some(HashMap::new());
+                self.secrets_relist_began = now;
+            }
+            Ok(watcher::Event::InitApply(s) | watcher::Event::Apply(s)) => {
+                if let Err(e) = self.on_secret(&s, now).await {
+                    tracing::warn!(error = %e, "recording a bootstrap token failed; will retry");
+                    if let Ok(info) = model::token_from_secret(&s) {
+                        self.retry_secrets.insert(info.id, s);
+                    }
+                }
+            }
+            Ok(watcher::Event::Delete(s)) => {
+                if let Err(e) = self.on_secret_deleted(&s, now).await {
+                    tracing::warn!(error = %e, "recording a deleted bootstrap token failed");
+                }
+            }
+            Ok(watcher::Event::InitDone) => {
+                if let Some(seen) = self.secrets_relist.take() {
+                    // Tokens whose Secret vanished while rekey was not watching.
+                    match db::ids_in(&self.store, &["active", "used"]).await {
+                        Ok(ids) => {
+                            for id in ids.into_iter().filter(|id| !seen.contains_key(id)) {
+                                if let Err(e) = db::mark_gone(&self.store, &id, None, now).await {
+                                    tracing::warn!(error = %e, token = %id, "marking a vanished token failed");
+                                }
+                            }
+                        }
+                        Err(e) => tracing::warn!(error = %e, "listing live tokens failed"),
+                    }
+                    if let Err(e) = self.revoke_reappeared(&seen).await {
+                        tracing::warn!(error = %e, "deleting reappeared revoked tokens failed; the next relist retries");
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "watching bootstrap-token secrets"),
+        }
+    }
+
+    /// One event of the kubelet CSR watch.
+    async fn on_csr_event(
+        &mut self,
+        ev: Result<watcher::Event<CertificateSigningRequest>, watcher::Error>,
+        now: DateTime<Utc>,
+    ) {
+        let (csr, deleted) = match ev {
+            Ok(watcher::Event::InitApply(c) | watcher::Event::Apply(c)) => (c, false),
+            Ok(watcher::Event::Delete(c)) => (c, true),
+            Ok(_) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, "watching certificate signing requests");
+                return;
+            }
+        };
+        if let Err(e) = self.on_csr(&csr, deleted, now).await {
+            tracing::warn!(error = %e, "recording a join failed; will retry");
+            let key = csr.metadata.uid.clone().unwrap_or_default();
+            self.retry_csrs.insert(key, (csr, deleted));
+        }
+    }
+
+    /// One event of the Node watch.
+    async fn on_node_event(
+        &mut self,
+        ev: Result<watcher::Event<PartialObjectMeta<Node>>, watcher::Error>,
+        now: DateTime<Utc>,
+    ) {
+        match ev {
+            Ok(watcher::Event::Init) => self.nodes_relist = Some(HashSet::new()),
+            Ok(watcher::Event::InitApply(n)) => {
+                if let (Some(set), Some(name)) = (&mut self.nodes_relist, n.metadata.name) {
+                    set.insert(name);
+                }
+            }
+            Ok(watcher::Event::InitDone) => {
+                if let Some(set) = self.nodes_relist.take() {
+                    self.nodes = HashSet::new();
+                    if let Err(e) = self.on_nodes(set.into_iter().collect(), now).await {
+                        tracing::warn!(error = %e, "recording registered nodes failed; the sweep retries");
+                    }
+                }
+            }
+            Ok(watcher::Event::Apply(n)) => {
+                if let Some(name) = n.metadata.name
+                    && let Err(e) = self.on_nodes(vec![name], now).await
+                {
+                    tracing::warn!(error = %e, "recording a registered node failed; the sweep retries");
+                }
+            }
+            Ok(watcher::Event::Delete(n)) => {
+                if let Some(name) = n.metadata.name {
+                    self.nodes.remove(&name);
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "watching nodes"),
+        }
+    }
+
     async fn sweep(&mut self, now: DateTime<Utc>) -> Result<(), K8sError> {
         for (id, s) in std::mem::take(&mut self.retry_secrets) {
             if let Err(e) = self.on_secret(&s, now).await {
@@ -436,7 +544,7 @@ pub async fn run(
     )
     .default_backoff()
     .boxed();
-    let mut w = Watcher {
+    let w = Watcher {
         store,
         client,
         config,
@@ -447,102 +555,27 @@ pub async fn run(
         retry_secrets: HashMap::new(),
         retry_csrs: HashMap::new(),
     };
-    let mut tick = tokio::time::interval(SWEEP_INTERVAL);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tracing::info!("bootstrap-token watcher started");
-    loop {
-        let now = Utc::now();
-        tokio::select! {
-            _ = shutdown.cancelled() => {
-                tracing::info!("bootstrap-token watcher stopped");
-                return Ok(());
-            }
-            Some(ev) = secrets.next() => match ev {
-                Ok(watcher::Event::Init) => {
-                    w.secrets_relist = Some(HashMap::new());
-                    w.secrets_relist_began = now;
-                }
-                Ok(watcher::Event::InitApply(s) | watcher::Event::Apply(s)) => {
-                    if let Err(e) = w.on_secret(&s, now).await {
-                        tracing::warn!(error = %e, "recording a bootstrap token failed; will retry");
-                        if let Ok(info) = model::token_from_secret(&s) {
-                            w.retry_secrets.insert(info.id, s);
-                        }
-                    }
-                }
-                Ok(watcher::Event::Delete(s)) => {
-                    if let Err(e) = w.on_secret_deleted(&s, now).await {
-                        tracing::warn!(error = %e, "recording a deleted bootstrap token failed");
-                    }
-                }
-                Ok(watcher::Event::InitDone) => {
-                    if let Some(seen) = w.secrets_relist.take() {
-                        // Tokens whose Secret vanished while rekey was not watching.
-                        match db::ids_in(&w.store, &["active", "used"]).await {
-                            Ok(ids) => for id in ids.into_iter().filter(|id| !seen.contains_key(id)) {
-                                if let Err(e) = db::mark_gone(&w.store, &id, None, now).await {
-                                    tracing::warn!(error = %e, token = %id, "marking a vanished token failed");
-                                }
-                            },
-                            Err(e) => tracing::warn!(error = %e, "listing live tokens failed"),
-                        }
-                        if let Err(e) = w.revoke_reappeared(&seen).await {
-                            tracing::warn!(error = %e, "deleting reappeared revoked tokens failed; the next relist retries");
-                        }
-                    }
-                }
-                Err(e) => tracing::warn!(error = %e, "watching bootstrap-token secrets"),
-            },
-            Some(ev) = csrs.next() => {
-                let (csr, deleted) = match ev {
-                    Ok(watcher::Event::InitApply(c) | watcher::Event::Apply(c)) => (c, false),
-                    Ok(watcher::Event::Delete(c)) => (c, true),
-                    Ok(_) => continue,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "watching certificate signing requests");
-                        continue;
-                    }
-                };
-                if let Err(e) = w.on_csr(&csr, deleted, now).await {
-                    tracing::warn!(error = %e, "recording a join failed; will retry");
-                    let key = csr.metadata.uid.clone().unwrap_or_default();
-                    w.retry_csrs.insert(key, (csr, deleted));
-                }
-            }
-            Some(ev) = nodes.next() => match ev {
-                Ok(watcher::Event::Init) => w.nodes_relist = Some(HashSet::new()),
-                Ok(watcher::Event::InitApply(n)) => {
-                    if let (Some(set), Some(name)) = (&mut w.nodes_relist, n.metadata.name) {
-                        set.insert(name);
-                    }
-                }
-                Ok(watcher::Event::InitDone) => {
-                    if let Some(set) = w.nodes_relist.take() {
-                        w.nodes = HashSet::new();
-                        if let Err(e) = w.on_nodes(set.into_iter().collect(), now).await {
-                            tracing::warn!(error = %e, "recording registered nodes failed; the sweep retries");
-                        }
-                    }
-                }
-                Ok(watcher::Event::Apply(n)) => {
-                    if let Some(name) = n.metadata.name
-                        && let Err(e) = w.on_nodes(vec![name], now).await
-                    {
-                        tracing::warn!(error = %e, "recording a registered node failed; the sweep retries");
-                    }
-                }
-                Ok(watcher::Event::Delete(n)) => {
-                    if let Some(name) = n.metadata.name {
-                        w.nodes.remove(&name);
-                    }
-                }
-                Err(e) => tracing::warn!(error = %e, "watching nodes"),
-            },
-            _ = tick.tick() => {
-                if let Err(e) = w.sweep(now).await {
-                    tracing::warn!(error = %e, "bootstrap-token sweep failed; retrying at the next one");
-                }
+    let w = tokio::sync::Mutex::new(w);
+    let events = async {
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                Some(ev) = secrets.next() => w.lock().await.on_secret_event(ev, Utc::now()).await,
+                Some(ev) = csrs.next() => w.lock().await.on_csr_event(ev, Utc::now()).await,
+                Some(ev) = nodes.next() => w.lock().await.on_node_event(ev, Utc::now()).await,
             }
         }
-    }
+    };
+    let sweeps = every(SWEEP_INTERVAL, &shutdown, |_| {
+        let w = &w;
+        async move {
+            if let Err(e) = w.lock().await.sweep(Utc::now()).await {
+                tracing::warn!(error = %e, "bootstrap-token sweep failed; retrying at the next one");
+            }
+        }
+    });
+    tokio::join!(events, sweeps);
+    tracing::info!("bootstrap-token watcher stopped");
+    Ok(())
 }
