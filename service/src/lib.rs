@@ -1,24 +1,22 @@
 //! rekey keeps a Kubernetes cluster's infrastructure credentials short-lived.
 //!
-//! The library is the whole service; `main.rs` only parses arguments and calls
-//! [`cli::run`]. Layout (one module per concern, see `../shared/DESIGN.md`):
+//! The library is the whole service; `main.rs` only installs the crypto
+//! provider, arms crash points and calls [`cli::main`]. Dependencies point
+//! down (the code map and its rules are `ARCHITECTURE.md`):
 //!
 //! ```text
-//!   config ──► store (Postgres: credentials, versions, rotations, audit)
-//!      │          ▲
-//!      ▼          │
-//!   schedule ──► rotate (engine: claim → issue → publish → commit)
-//!                 │         │            │
-//!                 ▼         ▼            ▼
-//!               issue     sink        telemetry
-//!              (rcgen)  (file, k8s)  (logs, metrics)
-//!
-//!   k8s     tokens, bootstrap tokens, CSR/Node watch
-//!   etcd    encryption-at-rest verification
-//!   backup  encrypted etcd snapshots
-//!   api     admin HTTPS API (mutual TLS)
-//!   cli     subcommands; exit codes in `error`
+//!   front ends     cli, runtime, config, api
+//!        │  operations with typed inputs, typed reports
+//!        ▼
+//!   capabilities   rotate, issue, sink, k8s, etcd, backup, scan, schedule
+//!        │
+//!        ▼
+//!   store          Postgres: pool, migrations, LISTEN, shared tables
+//!   base           units, error, secret, crash, telemetry, devdb
 //! ```
+//!
+//! Each capability owns its `rekey.toml` section and its checks; `config`
+//! composes them. `fuzzing` holds the fuzz targets' bodies.
 
 pub mod api;
 pub mod backup;
