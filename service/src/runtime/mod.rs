@@ -106,16 +106,16 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         .replica_id
         .clone()
         .unwrap_or_else(crate::rotate::default_replica_id);
-    let kube = match config.needs_kubernetes() {
-        true => Some(
-            Kube::connect(config.kubernetes.as_ref())
-                .await
-                .map_err(|e| match e {
-                    e @ crate::k8s::K8sError::Config(_) => anyhow::Error::new(BadInput::new(e)),
-                    e => anyhow::Error::new(e),
-                })?,
-        ),
-        false => None,
+    let kube = if config.needs_kubernetes() {
+        let kube = Kube::connect(config.kubernetes.as_ref())
+            .await
+            .map_err(|e| match e {
+                e @ crate::k8s::K8sError::Config(_) => anyhow::Error::new(BadInput::new(e)),
+                e => anyhow::Error::new(e),
+            })?;
+        Some(kube)
+    } else {
+        None
     };
     let sinks = SinkContext {
         kube: kube.as_ref().map(|k| k.client.clone()),
