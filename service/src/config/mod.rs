@@ -33,10 +33,11 @@ use crate::{
     api::ApiConfig,
     backup::BackupConfig,
     etcd::EtcdConfig,
-    issue::IssuerConfig,
+    issue::{self, IssuerConfig},
     k8s::{BootstrapTokensConfig, KubernetesConfig, MIN_TOKEN_LIFETIME_SECS},
     rotate::{EngineConfig, TokenSpec},
     scan::ScanConfig,
+    sink,
     store::{DatabaseConfig, credentials::validate_name},
     telemetry::MetricsConfig,
 };
@@ -61,7 +62,7 @@ pub struct Config {
     pub engine: EngineConfig,
     /// Certificates rekey issues and rotates.
     #[serde(default, rename = "certificate")]
-    pub certificates: Vec<CertificateSpec>,
+    pub certificates: Vec<issue::CertificateSpec>,
     /// Service-account tokens rekey requests and rotates.
     #[serde(default, rename = "token")]
     pub tokens: Vec<TokenSpec>,
@@ -129,8 +130,7 @@ impl Config {
             || self.bootstrap_tokens.is_some()
             || !self.tokens.is_empty()
             || self.certificates.iter().any(|c| {
-                matches!(c.sink, crate::sink::SinkSpec::KubernetesSecret { .. })
-                    || !c.reload.is_empty()
+                matches!(c.sink, sink::SinkSpec::KubernetesSecret { .. }) || !c.reload.is_empty()
             })
     }
 }
@@ -159,8 +159,8 @@ fn unique_name<'a>(
 /// A sink: not published to by two credentials.
 fn unique_sink<'a>(
     at: &str,
-    sink: &'a crate::sink::SinkSpec,
-    seen: &mut HashSet<&'a crate::sink::SinkSpec>,
+    sink: &'a sink::SinkSpec,
+    seen: &mut HashSet<&'a sink::SinkSpec>,
 ) -> Result<(), ConfigError> {
     if !seen.insert(sink) {
         return Err(ConfigError::new(
