@@ -23,19 +23,23 @@
 //! For the service: [`run_backup`] runs one backup and returns its record,
 //! [`list_backups`] lists them (`GET /v1/backups`, `POST /v1/backups`).
 
-pub mod cli;
+pub mod crypt;
 pub mod format;
 pub mod kek;
 pub mod location;
+pub mod progress;
 pub mod prune;
+pub mod pruner;
 pub mod records;
+pub mod rewrap;
 pub mod snapshot;
 pub mod stream;
+pub mod verify;
 
 use std::{path::PathBuf, time::Instant};
 
 use chrono::Utc;
-use indicatif::ProgressBar;
+use progress::Progress as ProgressBar;
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;

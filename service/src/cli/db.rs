@@ -1,6 +1,7 @@
-//! Finding the database from `--config` or `--database-url`.
+//! `DbArgs`: finding the database from `--config` or `--database-url`
+//! (shared by every command that reads or records in Postgres).
 
-use std::{path::PathBuf, process::ExitCode, time::Duration};
+use std::{path::PathBuf, time::Duration};
 
 use anyhow::Context;
 use clap::Args;
@@ -63,16 +64,6 @@ impl DbArgs {
         store.migrate().await.context("applying migrations")?;
         Ok(store)
     }
-}
-
-/// `rekey migrate`
-pub async fn migrate(args: DbArgs) -> anyhow::Result<ExitCode> {
-    args.connect().await?;
-    println!(
-        "migrations applied ({} in all)",
-        crate::store::MIGRATOR.iter().count()
-    );
-    Ok(ExitCode::SUCCESS)
 }
 
 #[cfg(test)]

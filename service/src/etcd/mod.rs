@@ -10,14 +10,13 @@
 //!                             │
 //!               report.rs (JSON)  checks.rs (etcd_checks)  job.rs (cron + gauges)
 //!                             │
-//!                        cli.rs (`rekey etcd verify`, `rekey etcd rotate-key`)
+//!          the command line (`rekey etcd verify`, `rekey etcd rotate-key`)
 //! ```
 //!
 //! Decisions (what a value is, which findings apply, the exit code) are pure
-//! functions; only `scan`, `checks`, `job` and `cli` do I/O.
+//! functions; only `scan`, `checks`, `job` and `rotate::rotate_key` do I/O.
 
 pub mod checks;
-pub mod cli;
 pub mod client;
 pub mod encryption;
 pub mod job;

@@ -16,7 +16,6 @@
 //! ```
 
 pub mod bootstrap;
-pub mod cli;
 pub mod legacy;
 pub mod reload;
 pub mod tokens;

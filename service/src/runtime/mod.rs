@@ -8,7 +8,7 @@
 pub mod dev;
 pub mod leader;
 
-use std::{path::Path, process::ExitCode, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use anyhow::Context;
 use tokio::task::JoinSet;
@@ -378,17 +378,4 @@ pub fn shutdown_on_signals() -> CancellationToken {
         std::process::exit(130);
     });
     token
-}
-
-/// `rekey serve --config FILE`
-pub async fn serve(
-    config_path: &Path,
-    kube: &crate::k8s::cli::KubeArgs,
-) -> anyhow::Result<ExitCode> {
-    let mut config = Config::load(config_path).bad_input()?;
-    kube.apply(&mut config);
-    let shutdown = shutdown_on_signals();
-    let running = start(config, shutdown).await?;
-    running.wait().await?;
-    Ok(ExitCode::SUCCESS)
 }
