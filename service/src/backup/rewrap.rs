@@ -119,6 +119,21 @@ pub async fn discover(
     Ok(targets)
 }
 
+/// Re-wraps every backup object under `destination` and every completed
+/// backup recorded under `old` (see [`discover`] and [`rewrap`]).
+pub async fn rewrap_all(
+    destination: &Destination,
+    store: Option<&Store>,
+    old: &Kek,
+    new: &Kek,
+    s3: &S3Settings,
+    actor: &str,
+    on_event: impl FnMut(RewrapEvent<'_>),
+) -> Result<RewrapReport, BackupError> {
+    let targets = discover(destination, store, old, s3).await?;
+    rewrap(&targets, old, new, store, actor, on_event).await
+}
+
 /// Re-wraps `targets` from `old` to `new`, in order. With a store, each
 /// re-wrapped backup's record is updated and audited as `actor`. An object
 /// that cannot be re-wrapped is reported and the others go on; `Err` is a

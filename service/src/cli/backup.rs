@@ -246,22 +246,21 @@ async fn with_interrupt(
     }
 }
 
-/// Maps a backup error to the process exit code: bad input is 2.
-fn fail(e: BackupError) -> anyhow::Error {
-    if e.is_bad_input() {
+/// Maps an operation's error to the process exit code: bad input is 2.
+fn classify<E>(e: E, is_bad_input: fn(&E) -> bool) -> anyhow::Error
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    if is_bad_input(&e) {
         anyhow::Error::new(BadInput::new(e))
     } else {
         anyhow::Error::new(e)
     }
 }
 
-/// Maps an encrypt/decrypt error to the process exit code: bad input is 2.
-fn crypt_fail(e: CryptError) -> anyhow::Error {
-    if e.is_bad_input() {
-        anyhow::Error::new(BadInput::new(e))
-    } else {
-        anyhow::Error::new(e)
-    }
+/// Maps a backup error to the process exit code: bad input is 2.
+fn fail(e: BackupError) -> anyhow::Error {
+    classify(e, BackupError::is_bad_input)
 }
 
 fn load_config(path: Option<&Path>) -> anyhow::Result<Option<Config>> {
@@ -406,7 +405,7 @@ async fn encrypt_cmd(a: EncryptArgs) -> anyhow::Result<ExitCode> {
     };
     let result = crypt::encrypt(&request).await;
     bar.finish_and_clear();
-    let report = result.map_err(crypt_fail)?;
+    let report = result.map_err(|e| classify(e, CryptError::is_bad_input))?;
     if a.json {
         print_json(&report, to_stderr)?;
     } else {
@@ -447,7 +446,7 @@ async fn decrypt_cmd(a: DecryptArgs) -> anyhow::Result<ExitCode> {
     };
     let result = crypt::decrypt(&request).await;
     bar.finish_and_clear();
-    let report = result.map_err(crypt_fail)?;
+    let report = result.map_err(|e| classify(e, CryptError::is_bad_input))?;
     if a.json {
         print_json(&report, to_stderr)?;
     } else {
@@ -537,13 +536,7 @@ async fn prune_cmd(a: PruneArgs) -> anyhow::Result<ExitCode> {
         chrono::Utc::now(),
     )
     .await
-    .map_err(|e: PruneError| {
-        if e.is_bad_input() {
-            anyhow::Error::new(BadInput::new(e))
-        } else {
-            anyhow::Error::new(e)
-        }
-    })?;
+    .map_err(|e| classify(e, PruneError::is_bad_input))?;
     if a.json {
         print_json(&report, false)?;
     } else {
@@ -569,19 +562,7 @@ async fn rewrap_cmd(a: RewrapArgs) -> anyhow::Result<ExitCode> {
     }
     let s3 = s3_settings(&config);
     let store = maybe_connect(&a.db, &config).await?;
-    let targets = if a.from.is_empty() {
-        let backup = require_backup(&config)?;
-        let dest = Destination::parse(&backup.destination, &s3).map_err(|e| fail(e.into()))?;
-        rewrap::discover(&dest, store.as_ref(), &old, &s3)
-            .await
-            .map_err(fail)?
-    } else {
-        a.from
-            .iter()
-            .map(|f| Target::parse(f, &s3).map_err(|e| fail(e.into())))
-            .collect::<anyhow::Result<Vec<_>>>()?
-    };
-    let report = rewrap::rewrap(&targets, &old, &new, store.as_ref(), CLI_ACTOR, |event| {
+    let show = |event: RewrapEvent<'_>| {
         if a.json {
             return;
         }
@@ -593,8 +574,19 @@ async fn rewrap_cmd(a: RewrapArgs) -> anyhow::Result<ExitCode> {
             RewrapEvent::Skipped(_) => {}
             RewrapEvent::Failed(f) => eprintln!("error: {}: {}", f.location, f.reason),
         }
-    })
-    .await
+    };
+    let report = if a.from.is_empty() {
+        let backup = require_backup(&config)?;
+        let dest = Destination::parse(&backup.destination, &s3).map_err(|e| fail(e.into()))?;
+        rewrap::rewrap_all(&dest, store.as_ref(), &old, &new, &s3, CLI_ACTOR, show).await
+    } else {
+        let targets = a
+            .from
+            .iter()
+            .map(|f| Target::parse(f, &s3).map_err(|e| fail(e.into())))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        rewrap::rewrap(&targets, &old, &new, store.as_ref(), CLI_ACTOR, show).await
+    }
     .map_err(fail)?;
     if a.json {
         print_json(&report, false)?;
