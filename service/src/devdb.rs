@@ -1,4 +1,5 @@
-//! A throwaway local Postgres cluster, for `rekey dev` and the test harness.
+//! A throwaway local Postgres cluster, for `rekey dev` and the test harness,
+//! and the creation of its database.
 //!
 //! Postgres refuses to run as root, so when this process is root the cluster
 //! is created and run as the unprivileged `postgres` (or `nobody`) user, in a
@@ -38,6 +39,12 @@ pub enum DevDbError {
         /// What went wrong (the tool's output).
         detail: String,
     },
+    /// The cluster did not accept a connection.
+    #[error("connecting to the dev Postgres")]
+    Connect(#[source] sqlx::Error),
+    /// A statement failed.
+    #[error(transparent)]
+    Sql(sqlx::Error),
 }
 
 fn step(step: &'static str) -> impl FnOnce(std::io::Error) -> DevDbError {
@@ -102,6 +109,27 @@ fn unprivileged_user() -> Result<Option<(u32, u32)>, DevDbError> {
         }
     }
     Err(DevDbError::NoUser)
+}
+
+/// Creates database `name` on the server at `admin_url` unless it exists.
+pub async fn ensure_database(admin_url: &str, name: &str) -> Result<(), DevDbError> {
+    use sqlx::Connection;
+    let mut conn = sqlx::PgConnection::connect(admin_url)
+        .await
+        .map_err(DevDbError::Connect)?;
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+            .bind(name)
+            .fetch_one(&mut conn)
+            .await
+            .map_err(DevDbError::Sql)?;
+    if !exists {
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
+            .execute(&mut conn)
+            .await
+            .map_err(DevDbError::Sql)?;
+    }
+    Ok(())
 }
 
 /// Picks a free loopback TCP port.
@@ -320,6 +348,11 @@ impl LocalPostgres {
     /// A URL for `database`, as the `postgres` superuser (trust auth).
     pub fn url(&self, database: &str) -> String {
         format!("postgres://postgres@127.0.0.1:{}/{database}", self.port)
+    }
+
+    /// Creates database `name` unless it exists (as the superuser).
+    pub async fn ensure_database(&self, name: &str) -> Result<(), DevDbError> {
+        ensure_database(&self.url("postgres"), name).await
     }
 
     /// Stops the server with `pg_ctl stop -m fast` (for outage tests; `start_again` restarts).

@@ -307,7 +307,7 @@ pub fn backup_stream(data: &[u8]) {
 
 async fn backup_stream_async(data: &[u8]) {
     let kek = fuzz_kek();
-    let progress = indicatif::ProgressBar::hidden();
+    let progress = crate::backup::progress::Progress::hidden();
     if data.starts_with(b"REKEYBAK") {
         let mut out = Vec::new();
         match stream::decrypt(

@@ -360,7 +360,7 @@ pub fn bearer_token(header: Option<&str>) -> Option<SecretString> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{config::KeyType, issue::CertAuthority};
+    use crate::issue::{CertAuthority, KeyType};
     use chrono::{TimeDelta, Utc};
 
     fn mapping(cn: &str, role: Role) -> RoleMapping {

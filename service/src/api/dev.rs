@@ -17,8 +17,9 @@ use secrecy::ExposeSecret;
 
 use super::{ApiConfig, Role, RoleMapping};
 use crate::{
-    config::{CertificateSpec, KeyType, SinkSpec, Usage},
     issue::{CertAuthority, IssueError},
+    issue::{CertificateSpec, KeyType, Usage},
+    sink::SinkSpec,
 };
 
 /// The CN of the client certificate `rekey dev` writes.

@@ -12,7 +12,6 @@
 //! - [`inventory`]: the credential list, rendered once per change of the table.
 //! - [`auth`]: identities, roles, actions, TokenReview/SubjectAccessReview.
 //! - [`problem`]: RFC 9457 errors with stable types.
-//! - [`client`]: the HTTP client behind `rekey rotate` and `rekey status --server`.
 //! - [`dev`]: certificates for `rekey dev`.
 //!
 //! "Rotate now" never rotates here: it queues a manual rotation with
@@ -20,7 +19,6 @@
 //! the same state machine as a scheduled one.
 
 pub mod auth;
-pub mod client;
 pub mod dev;
 pub mod inventory;
 pub mod problem;

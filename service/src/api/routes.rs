@@ -1065,7 +1065,7 @@ async fn verify_etcd(
             crate::etcd::verify::verify_and_record(
                 &opts,
                 Some(&store),
-                crate::etcd::checks::Trigger::Api,
+                crate::etcd::db::Trigger::Api,
             )
             .await
         })
@@ -1114,7 +1114,7 @@ async fn list_backups(
     }
     let backups = crate::backup::list_backups(
         &s.api.store,
-        crate::backup::records::ListFilter {
+        crate::backup::db::ListFilter {
             include_pruned: q.include_pruned.unwrap_or(false),
             completed_only: q.completed_only.unwrap_or(false),
             limit,
@@ -1235,7 +1235,7 @@ async fn metrics_response(state: &ApiState) -> Response {
     }
     match tokio::time::timeout(
         READY_DB_TIMEOUT,
-        crate::backup::records::latest_completed_at(&state.store),
+        crate::backup::db::latest_completed_at(&state.store),
     )
     .await
     {

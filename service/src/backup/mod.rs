@@ -31,7 +31,7 @@
 //!   stream format, keys, encryption, object stores, etcd snapshots.
 //! - [`db`]: the `backups` table.
 
-pub mod cli;
+pub mod crypt;
 pub mod db;
 pub mod error;
 pub mod format;
@@ -39,11 +39,15 @@ pub mod job;
 pub mod kek;
 pub mod location;
 pub mod metrics;
+pub mod progress;
 pub mod prune;
+pub mod pruner;
+pub mod rewrap;
 pub mod run;
 pub mod settings;
 pub mod snapshot;
 pub mod stream;
+pub mod verify;
 
 pub use db::{BackupRecord, ListFilter};
 pub use error::BackupError;
@@ -52,7 +56,3 @@ pub use metrics::{
 };
 pub use run::{OBJECT_SUFFIX, RunOptions, list_backups, object_name, run_backup};
 pub use settings::BackupConfig;
-
-// The table's module was `records` (alias for code written before the
-// rename, until the merge).
-pub use db as records;

@@ -5,8 +5,8 @@
 
 use std::time::Instant;
 
+use super::progress::Progress as ProgressBar;
 use chrono::Utc;
-use indicatif::ProgressBar;
 use uuid::Uuid;
 
 use super::{

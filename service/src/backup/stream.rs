@@ -15,7 +15,7 @@
 
 use std::sync::Arc;
 
-use indicatif::ProgressBar;
+use super::progress::Progress as ProgressBar;
 use sha2::{Digest, Sha256};
 use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},

@@ -5,8 +5,8 @@ use std::{path::PathBuf, process::ExitCode};
 use clap::Subcommand;
 
 use crate::{
-    config::KeyType,
     error::BadInputExt,
+    issue::KeyType,
     issue::{CertAuthority, IssueError},
     units::HumanDuration,
 };

@@ -1,8 +1,8 @@
-//! Finding the database from `--config` or `--database-url`.
+//! `DbArgs`: finding the database from `--config` or `--database-url`
+//! (shared by every command that reads or records in Postgres).
 
-use std::{path::PathBuf, process::ExitCode, time::Duration};
+use std::{path::PathBuf, time::Duration};
 
-use anyhow::Context;
 use clap::Args;
 
 use crate::{
@@ -54,25 +54,8 @@ impl DbArgs {
                 .into());
             }
         };
-        let store = Store::connect_patiently(url.expose_secret(), 4, Duration::from_secs(10))
-            .await
-            .map_err(|e| match e {
-                e @ crate::store::StoreError::BadUrl(_) => anyhow::Error::new(BadInput::new(e)),
-                e => anyhow::Error::new(e),
-            })?;
-        store.migrate().await.context("applying migrations")?;
-        Ok(store)
+        crate::runtime::open_store(url.expose_secret(), 4, Duration::from_secs(10)).await
     }
-}
-
-/// `rekey migrate`
-pub async fn migrate(args: DbArgs) -> anyhow::Result<ExitCode> {
-    args.connect().await?;
-    println!(
-        "migrations applied ({} in all)",
-        crate::store::MIGRATOR.iter().count()
-    );
-    Ok(ExitCode::SUCCESS)
 }
 
 #[cfg(test)]

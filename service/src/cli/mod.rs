@@ -1,22 +1,39 @@
-//! The command line: one clap tree, each subcommand a thin call into the library.
+//! The command line: the root of the clap tree, `main()` and dispatch.
 //!
+//! Every command group has its own file (flags, defaults, printing) and
+//! calls the capabilities' operations, which take typed inputs and return
+//! typed reports; nothing below `cli` prints or knows about flags:
+//!
+//! ```text
+//!   serve  dev  status  rotate  ca  token  etcd  backup  migrate
+//!     │     │      │       │          │      │      │
+//!     ▼     ▼      ├───────┴─► client (admin API: paged lists, rotate)
+//!   runtime        ▼                  ▼      ▼      ▼
+//!            store / scan       k8s::bootstrap  etcd  backup
+//! ```
+//!
+//! Shared pieces: `db` (`--config`/`--database-url`), `kube`
+//! (`--kubeconfig`/`--context`), `output` (JSON, relative times, progress).
 //! Exit codes (DESIGN.md): 0 success, 1 a problem was found or an operation
 //! failed, 2 bad usage or bad input (see [`crate::error`]).
 
-mod ca;
-pub(crate) mod db;
-pub(crate) mod status;
+pub mod backup;
+pub mod ca;
+pub mod client;
+pub mod db;
+pub mod dev;
+pub mod etcd;
+pub mod kube;
+pub mod migrate;
+pub mod output;
+pub mod rotate;
+pub mod serve;
+pub mod status;
+pub mod token;
 
-pub use status::{relative, table as status_table};
+use std::process::ExitCode;
 
-/// Prints the status table of everything tracked (used by `rekey dev`).
-pub async fn print_status(store: &crate::store::Store) -> anyhow::Result<bool> {
-    status::print(store, false).await
-}
-
-use std::{path::PathBuf, process::ExitCode};
-
-use clap::{Args, Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::error::{exit_code, report};
 
@@ -31,66 +48,52 @@ pub struct Cli {
     #[arg(long, global = true, env = "REKEY_LOG")]
     log: Option<String>,
     /// Log format.
-    #[arg(long, global = true, env = "REKEY_LOG_FORMAT", value_enum, default_value_t = crate::telemetry::LogFormat::Text)]
-    log_format: crate::telemetry::LogFormat,
+    #[arg(long, global = true, env = "REKEY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the scheduler, watchers and admin API on a configuration file.
-    Serve(ServeArgs),
+    Serve(serve::ServeArgs),
     /// Run everything locally on embedded defaults: throwaway Postgres, dev CA, file sinks.
-    Dev(crate::runtime::dev::DevArgs),
+    Dev(dev::DevArgs),
     /// Every tracked credential with its expiry (exit 1 if any has expired).
     Status(status::StatusArgs),
     /// Rotate a credential now, through the admin API.
-    Rotate(RotateArgs),
+    Rotate(rotate::RotateArgs),
     /// The internal certificate authority.
     #[command(subcommand)]
     Ca(ca::CaCommand),
     /// Bootstrap tokens.
     #[command(subcommand)]
-    Token(crate::k8s::cli::TokenCommand),
+    Token(token::TokenCommand),
     /// etcd encryption at rest.
     #[command(subcommand)]
-    Etcd(crate::etcd::cli::EtcdCommand),
+    Etcd(etcd::EtcdCommand),
     /// Encrypted etcd backups.
     #[command(subcommand)]
-    Backup(crate::backup::cli::BackupCommand),
+    Backup(backup::BackupCommand),
     /// Apply database migrations.
     Migrate(db::DbArgs),
 }
 
-/// `rekey serve`
-#[derive(Debug, Args)]
-pub struct ServeArgs {
-    /// The configuration file.
-    #[arg(long, env = "REKEY_CONFIG")]
-    pub config: PathBuf,
-    /// How to reach Kubernetes (overrides `[kubernetes]` in the file).
-    #[command(flatten)]
-    pub kube: crate::k8s::cli::KubeArgs,
+/// Log line format (`--log-format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
-/// `rekey rotate`
-#[derive(Debug, Args)]
-pub struct RotateArgs {
-    /// The credential, e.g. `cert/default/web-tls`.
-    pub name: String,
-    /// Wait until the rotation has finished.
-    #[arg(long)]
-    pub wait: bool,
-    /// Why, for the audit record.
-    #[arg(long)]
-    pub reason: Option<String>,
-    /// With --wait: give up waiting after this long (the rotation goes on).
-    #[arg(long, default_value = "5m")]
-    pub timeout: crate::units::HumanDuration,
-    /// Print the rotation as JSON.
-    #[arg(long)]
-    pub json: bool,
-    #[command(flatten)]
-    pub client: crate::api::client::ClientArgs,
+impl From<LogFormat> for crate::telemetry::LogFormat {
+    fn from(f: LogFormat) -> Self {
+        match f {
+            LogFormat::Text => Self::Text,
+            LogFormat::Json => Self::Json,
+        }
+    }
 }
 
 /// Entry point of the binary: parses arguments, runs, maps errors to exit codes.
@@ -101,9 +104,10 @@ pub fn main() -> ExitCode {
     } else {
         "info"
     };
-    if let Err(e) =
-        crate::telemetry::init_logging(cli.log.as_deref().unwrap_or(default_filter), cli.log_format)
-    {
+    if let Err(e) = crate::telemetry::init_logging(
+        cli.log.as_deref().unwrap_or(default_filter),
+        cli.log_format.into(),
+    ) {
         eprintln!("error: --log: {e}");
         return ExitCode::from(2);
     }
@@ -128,24 +132,14 @@ pub fn main() -> ExitCode {
 
 async fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Serve(args) => crate::runtime::serve(&args.config, &args.kube).await,
-        Command::Dev(args) => crate::runtime::dev::run(args).await,
+        Command::Serve(args) => serve::run(args).await,
+        Command::Dev(args) => dev::run(args).await,
         Command::Status(args) => status::run(args).await,
+        Command::Rotate(args) => rotate::run(args).await,
         Command::Ca(cmd) => ca::run(cmd),
-        Command::Migrate(args) => db::migrate(args).await,
-        Command::Rotate(a) => {
-            crate::api::client::rotate_command(
-                &a.client,
-                &a.name,
-                a.wait,
-                a.reason.as_deref(),
-                a.json,
-                a.timeout.get(),
-            )
-            .await
-        }
-        Command::Token(cmd) => crate::k8s::cli::run(cmd).await,
-        Command::Etcd(cmd) => crate::etcd::cli::run(cmd).await,
-        Command::Backup(cmd) => crate::backup::cli::run(cmd).await,
+        Command::Token(cmd) => token::run(cmd).await,
+        Command::Etcd(cmd) => etcd::run(cmd).await,
+        Command::Backup(cmd) => backup::run(cmd).await,
+        Command::Migrate(args) => migrate::run(args).await,
     }
 }

@@ -1,11 +1,15 @@
 //! `rekey status`: every tracked credential with its expiry.
 
-use std::process::ExitCode;
+use std::{io::Write, process::ExitCode, time::Duration};
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
 
-use super::db::DbArgs;
+use super::{
+    client::{ApiClient, ClientArgs, PAGE_LIMIT, follow_pages},
+    db::DbArgs,
+    output::relative,
+};
 use crate::store::{
     Store,
     credentials::{Credential, State},
@@ -21,7 +25,7 @@ pub struct StatusArgs {
     pub db: DbArgs,
     /// Ask a running server's admin API (`--server URL`) instead of the database.
     #[command(flatten)]
-    pub client: crate::api::client::ClientArgs,
+    pub client: ClientArgs,
 }
 
 /// One row of `rekey status --json`.
@@ -73,72 +77,68 @@ pub fn document(credentials: &[Credential], now: DateTime<Utc>) -> StatusDoc {
     }
 }
 
-/// "in 3m 20s" / "5h ago" / "-".
-pub fn relative(t: Option<DateTime<Utc>>, now: DateTime<Utc>) -> String {
-    let Some(t) = t else { return "-".into() };
-    let d = t - now;
-    let secs = d.num_seconds().unsigned_abs();
-    let human = if secs >= 2 * 86_400 {
-        format!("{}d", secs / 86_400)
-    } else if secs >= 3_600 {
-        format!("{}h{:02}m", secs / 3_600, (secs % 3_600) / 60)
-    } else if secs >= 60 {
-        format!("{}m{:02}s", secs / 60, secs % 60)
-    } else {
-        format!("{secs}s")
-    };
-    if d.num_seconds() >= 0 {
-        format!("in {human}")
-    } else {
-        format!("{human} ago")
+/// The human table, printed a page at a time: the header comes with the
+/// first page, and a column only ever widens (rows already printed stay as
+/// they are). One page renders exactly as the whole list would.
+#[derive(Debug, Default)]
+pub struct StatusTable {
+    widths: [usize; 5],
+    header_done: bool,
+}
+
+const HEADER: [&str; 5] = ["NAME", "KIND", "STATE", "EXPIRES", "NEXT ROTATION"];
+
+impl StatusTable {
+    /// The lines of the next page of credentials.
+    pub fn page(&mut self, credentials: &[Credential], now: DateTime<Utc>) -> String {
+        let mut rows: Vec<[String; 5]> = Vec::with_capacity(credentials.len() + 1);
+        if !self.header_done {
+            rows.push(HEADER.map(String::from));
+            self.header_done = true;
+        }
+        for c in credentials {
+            let expires = match c.not_after {
+                Some(t) => format!(
+                    "{} ({})",
+                    t.format("%Y-%m-%d %H:%M:%S"),
+                    relative(Some(t), now)
+                ),
+                None => "never".into(),
+            };
+            let next = if c.managed {
+                relative(c.next_rotation_at, now)
+            } else {
+                "not managed".into()
+            };
+            rows.push([
+                c.name.clone(),
+                c.kind.clone(),
+                c.state(now).as_str().to_string(),
+                expires,
+                next,
+            ]);
+        }
+        for (i, w) in self.widths.iter_mut().enumerate() {
+            let widest = rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0);
+            *w = (*w).max(widest);
+        }
+        let mut out = String::new();
+        for r in &rows {
+            let line: Vec<String> = r
+                .iter()
+                .zip(&self.widths)
+                .map(|(c, w)| format!("{c:<w$}"))
+                .collect();
+            out.push_str(line.join("  ").trim_end());
+            out.push('\n');
+        }
+        out
     }
 }
 
-/// Renders the human table.
+/// Renders the human table of a whole list.
 pub fn table(credentials: &[Credential], now: DateTime<Utc>) -> String {
-    let mut rows = vec![[
-        "NAME".to_string(),
-        "KIND".to_string(),
-        "STATE".to_string(),
-        "EXPIRES".to_string(),
-        "NEXT ROTATION".to_string(),
-    ]];
-    for c in credentials {
-        let expires = match c.not_after {
-            Some(t) => format!(
-                "{} ({})",
-                t.format("%Y-%m-%d %H:%M:%S"),
-                relative(Some(t), now)
-            ),
-            None => "never".into(),
-        };
-        let next = if c.managed {
-            relative(c.next_rotation_at, now)
-        } else {
-            "not managed".into()
-        };
-        rows.push([
-            c.name.clone(),
-            c.kind.clone(),
-            c.state(now).as_str().to_string(),
-            expires,
-            next,
-        ]);
-    }
-    let widths: Vec<usize> = (0..5)
-        .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
-        .collect();
-    let mut out = String::new();
-    for r in &rows {
-        let line: Vec<String> = r
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
-        out.push_str(line.join("  ").trim_end());
-        out.push('\n');
-    }
-    out
+    StatusTable::default().page(credentials, now)
 }
 
 /// Lists, prints, and returns whether any credential has expired.
@@ -168,7 +168,7 @@ pub async fn print(store: &Store, json: bool) -> anyhow::Result<bool> {
 /// Runs `rekey status`.
 pub async fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
     if args.client.server.is_some() {
-        return crate::api::client::status_command(&args.client, args.json).await;
+        return from_server(&args.client, args.json).await;
     }
     let config = args.db.load_config()?;
     let store = args.db.connect().await?;
@@ -184,4 +184,100 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// `rekey status --server URL [--json]`: the inventory from a running server,
+/// printed exactly as the local `rekey status` prints it. The table grows a
+/// page at a time as pages arrive; `--json` waits for all of them.
+async fn from_server(client: &ClientArgs, json: bool) -> anyhow::Result<ExitCode> {
+    let api = ApiClient::new(client, Duration::from_secs(30))?;
+    let now = Utc::now();
+    let mut all: Vec<Credential> = Vec::new();
+    let mut table = StatusTable::default();
+    let mut expired = false;
+    follow_pages(
+        |token| {
+            let api = &api;
+            async move { api.credentials_page(PAGE_LIMIT, token.as_deref()).await }
+        },
+        |page| {
+            let credentials: Vec<Credential> =
+                page.credentials.iter().map(|c| c.to_stored(now)).collect();
+            expired |= credentials.iter().any(|c| c.state(now) == State::Expired);
+            if json {
+                all.extend(credentials);
+            } else {
+                let mut out = std::io::stdout().lock();
+                out.write_all(table.page(&credentials, now).as_bytes())?;
+                out.flush()?;
+            }
+            Ok(())
+        },
+    )
+    .await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&document(&all, now))?);
+    }
+    Ok(if expired {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cred(name: &str, not_after: Option<DateTime<Utc>>) -> Credential {
+        let t0: DateTime<Utc> = "2026-01-01T00:00:00Z".parse().unwrap();
+        Credential {
+            id: 0,
+            name: name.into(),
+            kind: "certificate".into(),
+            source: "config".into(),
+            managed: true,
+            spec: serde_json::json!({}),
+            sink: serde_json::json!({}),
+            schedule: None,
+            not_before: None,
+            not_after,
+            current_version: None,
+            next_rotation_at: None,
+            next_rotation_reason: None,
+            failures: 0,
+            last_error: None,
+            lease_owner: None,
+            created_at: t0,
+            updated_at: t0,
+        }
+    }
+
+    #[test]
+    fn pages_print_one_header_and_widen_columns_only() {
+        let now: DateTime<Utc> = "2026-01-01T00:00:00Z".parse().unwrap();
+        let first = [cred("cert/a", Some(now + chrono::TimeDelta::hours(3)))];
+        let second = [cred("cert/a-much-longer-name", None)];
+        let mut t = StatusTable::default();
+        let one = t.page(&first, now);
+        assert_eq!(one, table(&first, now), "one page is the whole table");
+        assert!(one.starts_with("NAME "), "{one}");
+        let two = t.page(&second, now);
+        assert!(!two.contains("NAME"), "the header comes once:\n{two}");
+        assert!(
+            two.starts_with("cert/a-much-longer-name  certificate  pending"),
+            "{two}"
+        );
+        let whole = table(&[first[0].clone(), second[0].clone()], now);
+        assert_eq!(whole.lines().count(), 3, "{whole}");
+    }
+
+    #[test]
+    fn empty_list_is_the_header() {
+        let now = Utc::now();
+        assert_eq!(
+            table(&[], now),
+            "NAME  KIND  STATE  EXPIRES  NEXT ROTATION\n"
+        );
+    }
 }

@@ -42,12 +42,6 @@ use crate::{
     telemetry::MetricsConfig,
 };
 
-// re-export for front ends (until the merge)
-pub use crate::{
-    issue::{CertificateSpec, KeyType, Usage},
-    sink::SinkSpec,
-};
-
 /// The whole configuration file.
 #[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]

@@ -10,14 +10,13 @@
 //!                             │
 //!               report.rs (JSON)  db.rs (etcd_checks)  job.rs (cron + gauges)
 //!                             │
-//!                        cli.rs (`rekey etcd verify`, `rekey etcd rotate-key`)
+//!          the command line (`rekey etcd verify`, `rekey etcd rotate-key`)
 //! ```
 //!
 //! Decisions (what a value is, which findings apply, the exit code) are pure
-//! functions; only `scan`, `db`, `job` and `cli` do I/O. `[etcd]` is
-//! [`settings::EtcdConfig`].
+//! functions; only `scan`, `db`, `job` and `rotate::rotate_key` do I/O.
+//! `[etcd]` is [`settings::EtcdConfig`].
 
-pub mod cli;
 pub mod client;
 pub mod db;
 pub mod encryption;
@@ -32,7 +31,3 @@ pub mod verify;
 
 pub use settings::{DEFAULT_PREFIX, EtcdConfig};
 pub use verify::{VerifyError, VerifyOptions, verify};
-
-// The table's module was `checks` (alias for code written before the
-// rename, until the merge).
-pub use db as checks;

@@ -22,42 +22,87 @@ use std::{
     io::Write as _,
     os::unix::fs::{OpenOptionsExt, PermissionsExt},
     path::{Path, PathBuf},
-    process::ExitCode,
 };
 
 use base64::Engine;
 use chrono::{DateTime, Utc};
-use clap::Args;
 use rand::RngCore;
 
 use super::encryption::{
     self, ConfigKind, EncryptionConfiguration, GroupResource, Provider, ProviderKind,
 };
-use crate::{
-    error::{BadInput, BadInputExt},
-    secret::{ExposeSecret, SecretBytes, secret_bytes},
-};
+use crate::secret::{ExposeSecret, SecretBytes, secret_bytes};
 
-/// `rekey etcd rotate-key`
-#[derive(Debug, Args)]
-pub struct RotateKeyArgs {
-    /// The API server's current EncryptionConfiguration file.
-    #[arg(long, value_name = "FILE")]
+/// What [`rotate_key`] writes.
+#[derive(Debug, Clone)]
+pub struct RotateKeyOptions {
+    /// The API server's current EncryptionConfiguration file (named in PLAN.md).
     pub encryption_config: PathBuf,
     /// Directory for the three configurations and PLAN.md (created; must not
     /// already hold them).
-    #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
     /// Resource whose write key is rotated.
-    #[arg(long, default_value = "secrets")]
     pub resource: String,
-    /// Name of the new key (default `key-<UTC timestamp>`).
-    #[arg(long)]
-    pub key_name: Option<String>,
+    /// Name of the new key (non-empty, without `:` or whitespace).
+    pub key_name: String,
     /// Provider for the new key when the resource is not encrypted yet with
-    /// a local key (identity or kms writes): `secretbox`, `aesgcm` or `aescbc`.
-    #[arg(long, default_value = "secretbox")]
-    pub provider: String,
+    /// a local key (identity or kms writes).
+    pub provider: ProviderKind,
+    /// When the key is made (its `rekey.io/created-at` annotation).
+    pub now: DateTime<Utc>,
+}
+
+/// What [`rotate_key`] wrote.
+#[derive(Debug, Clone)]
+pub struct RotateKeyReport {
+    /// The directory.
+    pub out: PathBuf,
+    /// The files in it, in the order to use them (`PLAN.md` last).
+    pub files: Vec<String>,
+    /// `provider:name` of the new key.
+    pub new_label: String,
+}
+
+/// Why a rotation plan could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum RotateKeyError {
+    /// The current configuration could not be read.
+    #[error("{}: cannot read: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The current configuration is invalid (with YAML paths and lines).
+    #[error("{}: {message}", path.display())]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// The rotation cannot be planned from this configuration.
+    #[error("{0}")]
+    Plan(String),
+    /// A step came out invalid (a bug in rekey).
+    #[error("internal error: {file} is invalid: {message}")]
+    Internal {
+        /// The step's file name.
+        file: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// The files could not be written.
+    #[error(transparent)]
+    Write(std::io::Error),
+}
+
+impl RotateKeyError {
+    /// True when the user's input is at fault (exit code 2).
+    pub fn is_bad_input(&self) -> bool {
+        !matches!(self, Self::Internal { .. })
+    }
 }
 
 /// The rotation, as file contents.
@@ -400,66 +445,55 @@ pub fn write_plan(dir: &Path, plan: &Plan) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Runs `rekey etcd rotate-key`.
-pub fn run(args: RotateKeyArgs) -> anyhow::Result<ExitCode> {
-    // The file holds the keys (base64): wiped on drop.
-    let text = fs::read_to_string(&args.encryption_config)
+/// Reads and validates the current EncryptionConfiguration. The text holds
+/// the keys (base64): it is wiped once parsed.
+pub fn load(path: &Path) -> Result<EncryptionConfiguration, RotateKeyError> {
+    let text = fs::read_to_string(path)
         .map(zeroize::Zeroizing::new)
-        .map_err(|e| {
-            BadInput::msg(format!(
-                "--encryption-config {}: cannot read: {e}",
-                args.encryption_config.display()
-            ))
+        .map_err(|source| RotateKeyError::Read {
+            path: path.to_path_buf(),
+            source,
         })?;
-    let config = encryption::parse(&text)
-        .map_err(|e| BadInput::msg(format!("{}: {e}", args.encryption_config.display())))?;
-    let provider = match args.provider.as_str() {
-        "secretbox" => ProviderKind::Secretbox,
-        "aesgcm" => ProviderKind::Aesgcm,
-        "aescbc" => ProviderKind::Aescbc,
-        other => {
-            return Err(BadInput::msg(format!(
-                "--provider: `{other}` is not one of secretbox, aesgcm, aescbc"
-            ))
-            .into());
-        }
-    };
-    let now = Utc::now();
-    let name = args
-        .key_name
-        .clone()
-        .unwrap_or_else(|| format!("key-{}", now.format("%Y%m%d%H%M%S")));
-    if name.is_empty() || name.contains(':') || name.chars().any(char::is_whitespace) {
-        return Err(BadInput::msg(format!(
-            "--key-name: `{name}` must be non-empty, without `:` or spaces"
-        ))
-        .into());
-    }
+    encryption::parse(&text).map_err(|e| RotateKeyError::Invalid {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })
+}
+
+/// Plans the rotation of `config` with a fresh random key and writes the
+/// three configurations and PLAN.md into `opts.out`.
+pub fn rotate_key(
+    config: &EncryptionConfiguration,
+    opts: &RotateKeyOptions,
+) -> Result<RotateKeyReport, RotateKeyError> {
     let mut bytes = vec![0u8; 32];
     rand::rng().fill_bytes(&mut bytes);
     let secret = secret_bytes(bytes);
     let plan = plan(
-        &config,
-        &args.resource,
-        &name,
+        config,
+        &opts.resource,
+        &opts.key_name,
         &secret,
-        provider,
-        now,
-        &args.encryption_config,
+        opts.provider,
+        opts.now,
+        &opts.encryption_config,
     )
-    .map_err(BadInput::msg)?;
+    .map_err(RotateKeyError::Plan)?;
     // The steps must themselves be valid configurations.
     for (file, text) in &plan.steps {
-        encryption::parse(text)
-            .map_err(|e| anyhow::anyhow!("internal error: {file} is invalid: {e}"))?;
+        encryption::parse(text).map_err(|e| RotateKeyError::Internal {
+            file: file.clone(),
+            message: e.to_string(),
+        })?;
     }
-    write_plan(&args.out, &plan).bad_input()?;
-    println!(
-        "wrote {}: 1-add-new-key.yaml, 2-new-key-first.yaml, 3-remove-old-key.yaml, PLAN.md (new key {})",
-        args.out.display(),
-        plan.new_label
-    );
-    Ok(ExitCode::SUCCESS)
+    write_plan(&opts.out, &plan).map_err(RotateKeyError::Write)?;
+    let mut files: Vec<String> = plan.steps.iter().map(|(n, _)| n.clone()).collect();
+    files.push("PLAN.md".into());
+    Ok(RotateKeyReport {
+        out: opts.out.clone(),
+        files,
+        new_label: plan.new_label,
+    })
 }
 
 #[cfg(test)]

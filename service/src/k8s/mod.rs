@@ -22,7 +22,6 @@
 //!   token issuer and reloader, the jobs).
 
 pub mod bootstrap;
-pub mod cli;
 pub mod connect;
 pub mod error;
 pub mod legacy;

@@ -1,44 +1,70 @@
-//! `rekey dev`: the main job on embedded defaults.
+//! `rekey dev`'s environment, on embedded defaults.
 //!
 //! Everything lives under the state directory: a throwaway Postgres
-//! (`pgdata/`), a dev CA (`ca/`), the generated configuration (`rekey.toml`,
-//! usable with `rekey serve` while dev's Postgres runs) and the file sinks of
-//! a few demo certificates with lifetimes of minutes (`certs/<name>/`).
+//! (`pgdata/`), a dev CA (`ca/`), certificates for the admin API (`api/`),
+//! the generated configuration (`rekey.toml`, usable with `rekey serve` while
+//! dev's Postgres runs) and the file sinks of a few demo certificates with
+//! lifetimes of minutes (`certs/<name>/`). [`prepare`] sets it up; the
+//! caller starts the service on [`DevEnv::config`] with [`super::start`] and
+//! shows what happens (the command line's `rekey dev`).
 
 use std::{
     collections::BTreeMap,
+    net::SocketAddr,
     path::{Path, PathBuf},
-    process::ExitCode,
-    time::Duration,
 };
 
-use anyhow::Context;
 use chrono::{TimeDelta, Utc};
-use sqlx::Connection;
 
 use crate::{
-    config::{Config, KeyType},
-    devdb::LocalPostgres,
-    error::BadInput,
-    issue::CertAuthority,
-    rotate::EventOutcome,
+    api::dev::DevApi, config::Config, devdb::LocalPostgres, issue::CertAuthority, issue::KeyType,
 };
 
-/// How often the status table is printed.
-const STATUS_EVERY: Duration = Duration::from_secs(30);
+/// The demo certificates in [`dev_config_toml`].
+pub const DEMO_CERTIFICATES: usize = 4;
 
-/// `rekey dev`
-#[derive(Debug, clap::Args)]
-pub struct DevArgs {
-    /// Where everything it creates lives.
-    #[arg(long, default_value = ".rekey-dev")]
-    pub state_dir: PathBuf,
+/// What to set up.
+#[derive(Debug, Clone)]
+pub struct DevOptions {
+    /// The state directory (exists; absolute).
+    pub state: PathBuf,
     /// Use this Postgres instead of starting a throwaway one.
-    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
-    /// Where the admin API listens (mutual TLS; certificates under STATE_DIR/api).
-    #[arg(long, default_value = "127.0.0.1:8443")]
-    pub api_listen: std::net::SocketAddr,
+    /// Where the admin API listens.
+    pub api_listen: SocketAddr,
+}
+
+/// A step of [`prepare`] worth telling the user about, as it happens.
+#[derive(Debug, Clone, Copy)]
+pub enum DevStep<'a> {
+    /// A throwaway Postgres is being started in this directory.
+    StartingPostgres(&'a Path),
+    /// A new dev CA was written to this directory.
+    CreatedCa(&'a Path),
+}
+
+/// The environment, ready to start.
+pub struct DevEnv {
+    /// The state directory.
+    pub state: PathBuf,
+    /// The database the service uses.
+    pub database_url: String,
+    /// The generated configuration (also written to `state/rekey.toml`).
+    pub config: Config,
+    /// The admin API's certificates and how to call it.
+    pub api: DevApi,
+    /// The throwaway Postgres, if one was started: stopped when dropped.
+    pub postgres: Option<LocalPostgres>,
+}
+
+impl std::fmt::Debug for DevEnv {
+    /// Without the database URL: a given `--database-url` may hold a password.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DevEnv")
+            .field("state", &self.state)
+            .field("postgres", &self.postgres)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The demo configuration: a few certificates with lifetimes of minutes.
@@ -101,26 +127,9 @@ sink = {{ kind = "file", dir = "{s}/certs/admin-client" }}
     )
 }
 
-async fn ensure_database(admin_url: &str, name: &str) -> anyhow::Result<()> {
-    let mut conn = sqlx::PgConnection::connect(admin_url)
-        .await
-        .context("connecting to the dev Postgres")?;
-    let exists: bool =
-        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
-            .bind(name)
-            .fetch_one(&mut conn)
-            .await?;
-    if !exists {
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
-            .execute(&mut conn)
-            .await?;
-    }
-    Ok(())
-}
-
-fn ensure_ca(dir: &Path) -> anyhow::Result<()> {
+fn ensure_ca(dir: &Path) -> anyhow::Result<bool> {
     if dir.join("ca.crt").exists() && dir.join("ca.key").exists() {
-        return Ok(());
+        return Ok(false);
     }
     let (ca, key) = CertAuthority::generate(
         "rekey dev CA",
@@ -129,105 +138,42 @@ fn ensure_ca(dir: &Path) -> anyhow::Result<()> {
         Utc::now(),
     )?;
     ca.write_files(&key, dir, true)?;
-    println!("created a dev CA in {}", dir.display());
-    Ok(())
+    Ok(true)
 }
 
-/// Runs `rekey dev`.
-pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
-    std::fs::create_dir_all(&args.state_dir)
-        .map_err(|e| BadInput::msg(format!("--state-dir {}: {e}", args.state_dir.display())))?;
-    let state = std::fs::canonicalize(&args.state_dir)?;
-    let shutdown = super::shutdown_on_signals();
-
-    let (pg, url) = match &args.database_url {
+/// Sets up the environment: Postgres (started unless a URL is given, and
+/// its `rekey` database), the dev CA (kept across runs), the admin API's
+/// certificates and the configuration.
+pub async fn prepare(
+    opts: &DevOptions,
+    mut on_step: impl FnMut(DevStep<'_>),
+) -> anyhow::Result<DevEnv> {
+    let state = &opts.state;
+    let (postgres, url) = match &opts.database_url {
         Some(url) => (None, url.clone()),
         None => {
-            println!(
-                "starting a throwaway Postgres in {}",
-                state.join("pgdata").display()
-            );
+            on_step(DevStep::StartingPostgres(&state.join("pgdata")));
             let dir = state.clone();
             let pg = tokio::task::spawn_blocking(move || LocalPostgres::start(&dir)).await??;
-            ensure_database(&pg.url("postgres"), "rekey").await?;
+            pg.ensure_database("rekey").await?;
             let url = pg.url("rekey");
             (Some(pg), url)
         }
     };
-    ensure_ca(&state.join("ca"))?;
-    let dev_api = crate::api::dev::dev_certs(&state, &args.api_listen.to_string(), Utc::now())?;
-    let toml = dev_config_toml(&state, &url) + &dev_api.config_toml();
+    let ca_dir = state.join("ca");
+    if ensure_ca(&ca_dir)? {
+        on_step(DevStep::CreatedCa(&ca_dir));
+    }
+    let api = crate::api::dev::dev_certs(state, &opts.api_listen.to_string(), Utc::now())?;
+    let toml = dev_config_toml(state, &url) + &api.config_toml();
     std::fs::write(state.join("rekey.toml"), &toml)?;
-    let config = Config::parse(&toml, &BTreeMap::new(), &state)
+    let config = Config::parse(&toml, &BTreeMap::new(), state)
         .map_err(|e| anyhow::anyhow!("dev config: {e}"))?;
-
-    let running = super::start(config, shutdown.clone()).await?;
-    println!(
-        "rekey dev is running: {} demo certificates under {}",
-        4,
-        state.join("certs").display()
-    );
-    println!(
-        "  state: {}   (config: {})",
-        state.display(),
-        state.join("rekey.toml").display()
-    );
-    println!("  status from another shell: rekey status --database-url '{url}'");
-    print!("  {}", dev_api.usage(args.api_listen));
-    println!("  Ctrl-C stops everything, Postgres included.\n");
-
-    let store = running.store.clone();
-    let mut events = running.engine.subscribe();
-    let printer = {
-        let shutdown = shutdown.clone();
-        tokio::spawn(async move {
-            // First table once the initial issuance is done, then every STATUS_EVERY.
-            let mut tick = tokio::time::interval_at(
-                tokio::time::Instant::now() + Duration::from_secs(3),
-                STATUS_EVERY,
-            );
-            loop {
-                tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    _ = tick.tick() => {
-                        println!();
-                        let _ = crate::cli::print_status(&store).await;
-                        println!();
-                    }
-                    ev = events.recv() => match ev {
-                        Ok(e) => {
-                            let now = Utc::now();
-                            match e.outcome {
-                                EventOutcome::Succeeded | EventOutcome::Recovered => println!(
-                                    "{}  rotated  {:<24} v{:<5} trigger={:<8} expires {} next {}{}",
-                                    now.format("%H:%M:%S"),
-                                    e.credential,
-                                    e.version.unwrap_or_default(),
-                                    e.trigger,
-                                    e.not_after.map(|t| t.format("%H:%M:%S").to_string()).unwrap_or_default(),
-                                    crate::cli::relative(e.next_rotation_at, now),
-                                    if e.outcome == EventOutcome::Recovered { " (recovered)" } else { "" },
-                                ),
-                                EventOutcome::Failed => println!(
-                                    "{}  FAILED   {:<24} {} (retry {})",
-                                    now.format("%H:%M:%S"),
-                                    e.credential,
-                                    e.error.unwrap_or_default(),
-                                    crate::cli::relative(e.next_rotation_at, now),
-                                ),
-                            }
-                        }
-                        Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => println!("({n} rotations not shown)"),
-                        Err(_) => break,
-                    }
-                }
-            }
-        })
-    };
-    let result = running.wait().await;
-    let _ = printer.await;
-    println!("\nstopped.");
-    drop(pg);
-    result?;
-    Ok(ExitCode::SUCCESS)
+    Ok(DevEnv {
+        state: state.clone(),
+        database_url: url,
+        config,
+        api,
+        postgres,
+    })
 }

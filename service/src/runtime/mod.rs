@@ -8,7 +8,7 @@
 pub mod dev;
 pub mod leader;
 
-use std::{path::Path, process::ExitCode, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use anyhow::Context;
 use tokio::task::JoinSet;
@@ -66,13 +66,18 @@ impl Running {
 pub async fn connect(config: &Config) -> anyhow::Result<Store> {
     let url = config.database.url().bad_input()?;
     let max = config.database.max_connections.unwrap_or(16);
-    Store::open(url, max, DB_PATIENCE)
-        .await
-        .map_err(|e| match e {
-            e @ StoreError::BadUrl(_) => anyhow::Error::new(BadInput::new(e)),
-            e @ StoreError::Migrate(_) => anyhow::Error::new(e).context("applying migrations"),
-            e => anyhow::Error::new(e),
-        })
+    open_store(url, max, DB_PATIENCE).await
+}
+
+/// Connects (waiting up to `patience`) and applies migrations: the one way
+/// every command and the service open the store. A malformed URL is bad
+/// input (exit 2).
+pub async fn open_store(url: &str, max: u32, patience: Duration) -> anyhow::Result<Store> {
+    Store::open(url, max, patience).await.map_err(|e| match e {
+        e @ StoreError::BadUrl(_) => anyhow::Error::new(BadInput::new(e)),
+        e @ StoreError::Migrate(_) => anyhow::Error::new(e).context("applying migrations"),
+        e => anyhow::Error::new(e),
+    })
 }
 
 /// Loads the CA named by `[issuer]`; required when certificates are declared.
@@ -346,17 +351,4 @@ pub fn shutdown_on_signals() -> CancellationToken {
         std::process::exit(130);
     });
     token
-}
-
-/// `rekey serve --config FILE`
-pub async fn serve(
-    config_path: &Path,
-    kube: &crate::k8s::cli::KubeArgs,
-) -> anyhow::Result<ExitCode> {
-    let mut config = Config::load(config_path).bad_input()?;
-    kube.apply(&mut config);
-    let shutdown = shutdown_on_signals();
-    let running = start(config, shutdown).await?;
-    running.wait().await?;
-    Ok(ExitCode::SUCCESS)
 }

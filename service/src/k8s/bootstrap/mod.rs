@@ -14,6 +14,7 @@
 //! last state it had. Revocation is claimed in Postgres first, so a token is
 //! revoked (its Secret deleted, its audit event written) once, whoever asks.
 
+pub mod admin;
 pub mod db;
 pub mod model;
 

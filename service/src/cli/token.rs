@@ -1,69 +1,26 @@
 //! `rekey token list | revoke ID | create`: bootstrap tokens from the command line.
+//!
+//! The operations are `k8s::bootstrap` ([`admin::list`], [`bootstrap::revoke`],
+//! [`admin::create_new`] and [`bootstrap::record_created`]); this file checks
+//! the flags and prints.
 
-use std::{path::PathBuf, process::ExitCode};
+use std::process::ExitCode;
 
 use anyhow::Context;
 use chrono::Utc;
-use clap::{Args, Subcommand};
+use clap::Subcommand;
 use secrecy::ExposeSecret;
 
-use super::bootstrap::{self, RevokeOutcome, db, model};
-use crate::{cli::db::DbArgs, config::Config, error::BadInput, units::HumanDuration};
-
-/// How to reach the Kubernetes API.
-#[derive(Debug, Clone, Args)]
-pub struct KubeArgs {
-    /// kubeconfig file (default: `[kubernetes].kubeconfig` from --config, then
-    /// ~/.kube/config, then the in-cluster service account).
-    #[arg(long, env = "KUBECONFIG")]
-    pub kubeconfig: Option<PathBuf>,
-    /// Context in the kubeconfig.
-    #[arg(long)]
-    pub context: Option<String>,
-}
-
-impl KubeArgs {
-    /// The kubeconfig named by the flag or `KUBECONFIG`, if it is one file
-    /// (a `:`-separated list is left to the client's own inference).
-    fn single_path(&self) -> Option<PathBuf> {
-        self.kubeconfig
-            .clone()
-            .filter(|p| !p.as_os_str().is_empty() && !p.to_string_lossy().contains(':'))
-    }
-
-    /// Puts the flags into a loaded config's `[kubernetes]` (they win over the file).
-    pub fn apply(&self, config: &mut Config) {
-        let path = self.single_path();
-        if path.is_none() && self.context.is_none() {
-            return;
-        }
-        let k = config.kubernetes.get_or_insert_with(Default::default);
-        if let Some(p) = path {
-            k.kubeconfig = Some(p);
-        }
-        if let Some(c) = &self.context {
-            k.context = Some(c.clone());
-        }
-    }
-
-    /// The client: flags first, then the config file's `[kubernetes]`, then inference.
-    pub async fn client(&self, config: Option<&Config>) -> anyhow::Result<kube::Client> {
-        let from_file = config.and_then(|c| c.kubernetes.as_ref());
-        let path = self
-            .single_path()
-            .or_else(|| from_file.and_then(|k| k.kubeconfig.clone()));
-        let context = self
-            .context
-            .clone()
-            .or_else(|| from_file.and_then(|k| k.context.clone()));
-        super::client(path.as_deref(), context.as_deref())
-            .await
-            .map_err(|e| match e {
-                e @ super::K8sError::Config(_) => anyhow::Error::new(BadInput::new(e)),
-                e => anyhow::Error::new(e),
-            })
-    }
-}
+use super::{db::DbArgs, kube::KubeArgs};
+use crate::{
+    error::BadInput,
+    k8s::bootstrap::{
+        self, RevokeOutcome,
+        admin::{self, TokenListing},
+        model,
+    },
+    units::HumanDuration,
+};
 
 /// `rekey token ...`
 #[derive(Debug, Subcommand)]
@@ -125,29 +82,16 @@ pub async fn run(cmd: TokenCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         TokenCommand::List { json, db: dbargs } => {
             let store = dbargs.connect().await?;
-            let tokens = db::tokens(&store).await?;
-            let joins = db::all_joins(&store).await?;
+            let listing = admin::list(&store).await?;
             if json {
-                let out: Vec<serde_json::Value> = tokens
-                    .iter()
-                    .map(|t| {
-                        let mut v = serde_json::to_value(t).expect("serializable");
-                        v["joins"] = serde_json::to_value(
-                            joins
-                                .iter()
-                                .filter(|j| j.token_id == t.id)
-                                .collect::<Vec<_>>(),
-                        )
-                        .expect("serializable");
-                        v
-                    })
-                    .collect();
+                // Through `Value`: its objects keep keys sorted, as this
+                // document always had them.
                 println!(
                     "{}",
-                    serde_json::to_string_pretty(&serde_json::json!({ "tokens": out }))?
+                    serde_json::to_string_pretty(&serde_json::to_value(&listing)?)?
                 );
             } else {
-                print_table(&tokens, &joins);
+                print_table(&listing);
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -225,7 +169,6 @@ pub async fn run(cmd: TokenCommand) -> anyhow::Result<ExitCode> {
                 .as_ref()
                 .and_then(|c| c.bootstrap_tokens.clone())
                 .unwrap_or_default();
-            let (id, secret) = model::new_token();
             let spec = model::NewTokenSpec {
                 ttl,
                 usages,
@@ -233,15 +176,20 @@ pub async fn run(cmd: TokenCommand) -> anyhow::Result<ExitCode> {
                 description,
                 policy: keep_until_expiry.then_some(model::Policy::KeepUntilExpiry),
             };
-            let created = bootstrap::create(&client, &id, &secret, &spec, Utc::now())
+            let created = admin::create_new(&client, &spec, Utc::now())
                 .await
                 .context("creating the bootstrap token")?;
+            let id = &created.id;
             // The Secret exists: print the token now, whatever happens next.
-            println!("{id}.{}", secret.expose_secret());
+            println!("{id}.{}", created.secret.expose_secret());
             if let Some(store) = &store
-                && let Err(e) =
-                    bootstrap::record_created(store, &btc, &created, &format!("cli/{}", whoami()))
-                        .await
+                && let Err(e) = bootstrap::record_created(
+                    store,
+                    &btc,
+                    &created.object,
+                    &format!("cli/{}", whoami()),
+                )
+                .await
             {
                 eprintln!(
                     "warning: token {id} created but not recorded in Postgres ({e}); the bootstrap watcher will find it"
@@ -261,8 +209,8 @@ fn fmt_time(t: Option<chrono::DateTime<Utc>>) -> String {
         .unwrap_or_else(|| "never".into())
 }
 
-fn print_table(tokens: &[db::TokenRow], joins: &[db::JoinRow]) {
-    if tokens.is_empty() {
+fn print_table(listing: &TokenListing) {
+    if listing.tokens.is_empty() {
         println!("no bootstrap tokens tracked");
         return;
     }
@@ -270,12 +218,9 @@ fn print_table(tokens: &[db::TokenRow], joins: &[db::JoinRow]) {
         "{:<8} {:<9} {:<18} {:<21} {:<21} {:>5}  NOTE",
         "ID", "STATE", "POLICY", "CREATED", "EXPIRES", "JOINS"
     );
-    for t in tokens {
-        let nodes: Vec<&str> = joins
-            .iter()
-            .filter(|j| j.token_id == t.id)
-            .map(|j| j.node_name.as_str())
-            .collect();
+    for listed in &listing.tokens {
+        let t = &listed.token;
+        let nodes: Vec<&str> = listed.joins.iter().map(|j| j.node_name.as_str()).collect();
         let note = match (&t.revoked_reason, &t.revoked_node) {
             (Some(r), Some(n)) => format!("{r}: {n}"),
             (Some(r), None) => r.clone(),

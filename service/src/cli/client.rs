@@ -3,22 +3,79 @@
 //! reqwest over a rustls configuration of our own (aws-lc-rs, the CA from
 //! `--cacert`, the client certificate from `--cert`/`--key`), so refused
 //! handshakes can be explained precisely instead of "connection reset".
+//!
+//! Lists are paged: a request carries `?limit=N` (and `&continue=TOKEN` for
+//! the next page); the answer carries `"continue"`, null, empty or absent on
+//! the last page (a server without paging sends none: one page).
+//! [`follow_pages`] walks them, handing each page over as it arrives.
 
 use std::{
+    future::Future,
     path::{Path, PathBuf},
-    process::ExitCode,
     sync::Arc,
     time::Duration,
 };
 
 use anyhow::Context;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
+use serde::Deserialize;
 
-use super::{inventory::CredentialList, problem::Problem, routes::RotationView};
 use crate::{
-    error::{BadInput, ProblemFound},
-    store::credentials::{Credential, State},
+    api::{inventory::CredentialSummary, problem::Problem, routes::RotationView},
+    error::BadInput,
 };
+
+/// Items asked for per page of a list (the server's default and at most 1,000).
+pub const PAGE_LIMIT: u32 = 500;
+
+/// One page of `GET /v1/credentials`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct CredentialPage {
+    /// This page's credentials, by name.
+    pub credentials: Vec<CredentialSummary>,
+    /// The token of the next page (none, null or empty: this is the last).
+    #[serde(rename = "continue", default)]
+    pub continue_token: Option<String>,
+}
+
+/// A page of a list: where the next one starts.
+pub trait Paged {
+    /// The `continue` token of the next page, if there is one.
+    fn next_page(&self) -> Option<&str>;
+}
+
+impl Paged for CredentialPage {
+    fn next_page(&self) -> Option<&str> {
+        self.continue_token.as_deref().filter(|t| !t.is_empty())
+    }
+}
+
+/// Fetches every page of a list: `fetch(None)` for the first, then
+/// `fetch(Some(token))` with each page's `continue` token, until a page has
+/// none. Each page goes to `on_page` before the next is asked for.
+pub async fn follow_pages<P, F, Fut>(
+    mut fetch: F,
+    mut on_page: impl FnMut(P) -> anyhow::Result<()>,
+) -> anyhow::Result<()>
+where
+    P: Paged,
+    F: FnMut(Option<String>) -> Fut,
+    Fut: Future<Output = anyhow::Result<P>>,
+{
+    let mut token: Option<String> = None;
+    loop {
+        let page = fetch(token.clone()).await?;
+        let next = page.next_page().map(str::to_string);
+        on_page(page)?;
+        match next {
+            None => return Ok(()),
+            Some(n) if token.as_deref() == Some(n.as_str()) => {
+                anyhow::bail!("the server sent the same continue token twice: stopped paging")
+            }
+            Some(n) => token = Some(n),
+        }
+    }
+}
 
 /// How to reach the admin API (flags, or the environment).
 #[derive(Debug, Clone, clap::Args)]
@@ -219,11 +276,21 @@ impl ApiClient {
         self.json(resp).await
     }
 
-    /// `GET /v1/credentials`.
-    pub async fn credentials(&self) -> anyhow::Result<CredentialList> {
-        let resp = self
-            .send(self.http.get(self.url("v1/credentials")?))
-            .await?;
+    /// `GET /v1/credentials?limit=N[&continue=TOKEN]`: one page.
+    pub async fn credentials_page(
+        &self,
+        limit: u32,
+        continue_token: Option<&str>,
+    ) -> anyhow::Result<CredentialPage> {
+        let mut url = self.url("v1/credentials")?;
+        {
+            let mut q = url.query_pairs_mut();
+            q.append_pair("limit", &limit.to_string());
+            if let Some(t) = continue_token {
+                q.append_pair("continue", t);
+            }
+        }
+        let resp = self.send(self.http.get(url)).await?;
         self.json(resp).await
     }
 }
@@ -314,85 +381,163 @@ pub fn explain(err: &reqwest::Error, cert: Option<&Path>, base: &reqwest::Url) -
     format!("{base}: {chain}")
 }
 
-/// `rekey rotate NAME [--wait] [--reason TEXT]`.
-pub async fn rotate_command(
-    client: &ClientArgs,
-    name: &str,
-    wait: bool,
-    reason: Option<&str>,
-    json: bool,
-    timeout: Duration,
-) -> anyhow::Result<ExitCode> {
-    // One key per invocation: a retried request never queues a second rotation.
-    let key = uuid::Uuid::new_v4().to_string();
-    let api = ApiClient::new(client, timeout.max(Duration::from_secs(30)))?;
-    let mut r = api.rotate(name, reason, wait, Some(&key)).await?;
-    if wait {
-        let deadline = tokio::time::Instant::now() + timeout;
-        while !r.finished {
-            if tokio::time::Instant::now() >= deadline {
-                anyhow::bail!(
-                    "rotation {} of `{name}` has not finished after {}; it is {} (check later: GET /v1/rotations/{})",
-                    r.id,
-                    humantime::format_duration(timeout),
-                    r.status,
-                    r.id
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            r = api.rotation(r.id).await?;
+#[cfg(test)]
+mod tests {
+    use std::{
+        collections::HashMap,
+        sync::{Arc, Mutex},
+    };
+
+    use super::*;
+
+    fn summary(name: &str) -> serde_json::Value {
+        serde_json::json!({
+            "name": name, "kind": "certificate", "state": "valid",
+            "not_before": null, "not_after": null, "next_rotation_at": null,
+            "next_rotation_reason": null, "source": "config", "managed": true,
+            "schedule": null, "current_version": null, "failures": 0, "last_error": null,
+        })
+    }
+
+    fn page(names: &[&str], next: Option<&str>) -> CredentialPage {
+        CredentialPage {
+            credentials: names
+                .iter()
+                .map(|n| serde_json::from_value(summary(n)).unwrap())
+                .collect(),
+            continue_token: next.map(String::from),
         }
     }
-    if json {
-        println!("{}", serde_json::to_string_pretty(&r)?);
-    } else if r.finished {
-        println!(
-            "rotation {} of {}: {}{}",
-            r.id,
-            r.credential,
-            r.status,
-            r.version_id
-                .map(|v| format!(" (version {v})"))
-                .unwrap_or_default()
-        );
-    } else {
-        println!(
-            "rotation {} of {} {} (see /v1/rotations/{})",
-            r.id, r.credential, r.status, r.id
-        );
-    }
-    if r.finished && r.status != "succeeded" {
-        return Err(ProblemFound(format!(
-            "rotation {} of `{name}` {}: {}",
-            r.id,
-            r.status,
-            r.error.as_deref().unwrap_or("no error recorded")
-        ))
-        .into());
-    }
-    Ok(ExitCode::SUCCESS)
-}
 
-/// `rekey status --server URL [--json]`: the inventory from a running server,
-/// printed exactly as the local `rekey status` prints it.
-pub async fn status_command(client: &ClientArgs, json: bool) -> anyhow::Result<ExitCode> {
-    let api = ApiClient::new(client, Duration::from_secs(30))?;
-    let list = api.credentials().await?;
-    let now = chrono::Utc::now();
-    let credentials: Vec<Credential> = list.credentials.iter().map(|c| c.to_stored(now)).collect();
-    if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&crate::cli::status::document(&credentials, now))?
+    #[test]
+    fn the_last_page_has_no_usable_token() {
+        let parse = |v: serde_json::Value| serde_json::from_value::<CredentialPage>(v).unwrap();
+        let absent = parse(serde_json::json!({ "credentials": [summary("a")] }));
+        assert_eq!(
+            absent.next_page(),
+            None,
+            "a server without paging: one page"
         );
-    } else {
-        print!("{}", crate::cli::status::table(&credentials, now));
+        let null = parse(serde_json::json!({ "credentials": [], "continue": null }));
+        assert_eq!(null.next_page(), None);
+        let empty = parse(serde_json::json!({ "credentials": [], "continue": "" }));
+        assert_eq!(empty.next_page(), None);
+        let more = parse(serde_json::json!({ "credentials": [], "continue": "abc" }));
+        assert_eq!(more.next_page(), Some("abc"));
     }
-    Ok(
-        if credentials.iter().any(|c| c.state(now) == State::Expired) {
-            ExitCode::from(1)
-        } else {
-            ExitCode::SUCCESS
-        },
-    )
+
+    #[tokio::test]
+    async fn pages_are_followed_and_handed_over_one_by_one() {
+        let pages = HashMap::from([
+            (None, page(&["a", "b"], Some("t1"))),
+            (Some("t1".to_string()), page(&["c"], Some("t2"))),
+            (Some("t2".to_string()), page(&["d"], None)),
+        ]);
+        let log = Arc::new(Mutex::new(Vec::<String>::new()));
+        let fetch_log = log.clone();
+        follow_pages(
+            |token: Option<String>| {
+                fetch_log.lock().unwrap().push(format!("fetch {token:?}"));
+                let p = pages.get(&token).cloned();
+                async move { p.ok_or_else(|| anyhow::anyhow!("no page {token:?}")) }
+            },
+            |p: CredentialPage| {
+                let names: Vec<_> = p.credentials.iter().map(|c| c.name.clone()).collect();
+                log.lock()
+                    .unwrap()
+                    .push(format!("page {}", names.join(",")));
+                Ok(())
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            *log.lock().unwrap(),
+            [
+                "fetch None",
+                "page a,b",
+                "fetch Some(\"t1\")",
+                "page c",
+                "fetch Some(\"t2\")",
+                "page d"
+            ],
+            "each page is handed over before the next is fetched"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_repeated_token_stops_paging() {
+        let mut fetches = 0;
+        let err = follow_pages(
+            |_| {
+                fetches += 1;
+                async { Ok(page(&["a"], Some("same"))) }
+            },
+            |_| Ok(()),
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("same continue token twice"),
+            "{err}"
+        );
+        assert_eq!(fetches, 2);
+    }
+
+    #[tokio::test]
+    async fn the_client_asks_for_pages_with_limit_and_continue() {
+        use axum::{Json, Router, extract::Query, routing::get};
+
+        let seen = Arc::new(Mutex::new(Vec::<HashMap<String, String>>::new()));
+        let recorded = seen.clone();
+        let app = Router::new().route(
+            "/v1/credentials",
+            get(move |Query(q): Query<HashMap<String, String>>| {
+                let recorded = recorded.clone();
+                async move {
+                    recorded.lock().unwrap().push(q.clone());
+                    Json(match q.get("continue").map(String::as_str) {
+                        None => serde_json::json!({
+                            "credentials": [summary("a")], "continue": "x/y+z=",
+                        }),
+                        Some(_) => serde_json::json!({ "credentials": [summary("b")] }),
+                    })
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let args = ClientArgs {
+            server: Some(format!("http://{addr}")),
+            cert: None,
+            key: None,
+            cacert: None,
+        };
+        let api = ApiClient::new(&args, Duration::from_secs(10)).unwrap();
+        let mut names = Vec::new();
+        follow_pages(
+            |t| {
+                let api = &api;
+                async move { api.credentials_page(PAGE_LIMIT, t.as_deref()).await }
+            },
+            |p| {
+                names.extend(p.credentials.into_iter().map(|c| c.name));
+                Ok(())
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(names, ["a", "b"]);
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.len(), 2);
+        assert_eq!(seen[0].get("limit").map(String::as_str), Some("500"));
+        assert_eq!(seen[0].get("continue"), None);
+        assert_eq!(
+            seen[1].get("continue").map(String::as_str),
+            Some("x/y+z="),
+            "the token goes back exactly as received"
+        );
+        assert_eq!(seen[1].get("limit").map(String::as_str), Some("500"));
+    }
 }

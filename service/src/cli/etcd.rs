@@ -1,4 +1,6 @@
-//! `rekey etcd ...`: thin command-line wrappers around [`super::verify`].
+//! `rekey etcd verify | rotate-key`: flags, their defaults from `[etcd]`,
+//! and the report, around [`etcd::verify`](crate::etcd::verify) and
+//! [`etcd::rotate`](crate::etcd::rotate).
 //!
 //! Exit codes: 0 clean; 1 an error finding, or a plaintext or undecryptable
 //! value (or etcd/the database failed); 2 bad input (flags, an unreadable or
@@ -7,16 +9,23 @@
 use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::Context;
+use chrono::Utc;
 use clap::{Args, Subcommand};
 
-use super::{
-    EtcdConfig,
-    checks::Trigger,
-    report::Report,
-    scan::DEFAULT_MAX_LISTED,
-    verify::{VerifyOptions, verify_and_record},
+use super::db::DbArgs;
+use crate::{
+    error::BadInput,
+    etcd::{
+        self, EtcdConfig,
+        db::Trigger,
+        encryption::ProviderKind,
+        report::Report,
+        rotate::{self, RotateKeyError, RotateKeyOptions},
+        scan::DEFAULT_MAX_LISTED,
+        verify::{VerifyOptions, verify_and_record},
+    },
+    units::HumanDuration,
 };
-use crate::{cli::db::DbArgs, error::BadInput, units::HumanDuration};
 
 /// etcd's default client URL (as etcdctl's).
 const DEFAULT_ENDPOINT: &str = "http://127.0.0.1:2379";
@@ -27,7 +36,7 @@ pub enum EtcdCommand {
     /// Check the EncryptionConfiguration and what etcd really stores.
     Verify(VerifyArgs),
     /// Write the configurations and commands of a write-key rotation.
-    RotateKey(super::rotate::RotateKeyArgs),
+    RotateKey(RotateKeyArgs),
 }
 
 /// `rekey etcd verify`
@@ -74,11 +83,33 @@ pub struct VerifyArgs {
     pub db: DbArgs,
 }
 
+/// `rekey etcd rotate-key`
+#[derive(Debug, Args)]
+pub struct RotateKeyArgs {
+    /// The API server's current EncryptionConfiguration file.
+    #[arg(long, value_name = "FILE")]
+    pub encryption_config: PathBuf,
+    /// Directory for the three configurations and PLAN.md (created; must not
+    /// already hold them).
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// Resource whose write key is rotated.
+    #[arg(long, default_value = "secrets")]
+    pub resource: String,
+    /// Name of the new key (default `key-<UTC timestamp>`).
+    #[arg(long)]
+    pub key_name: Option<String>,
+    /// Provider for the new key when the resource is not encrypted yet with
+    /// a local key (identity or kms writes): `secretbox`, `aesgcm` or `aescbc`.
+    #[arg(long, default_value = "secretbox")]
+    pub provider: String,
+}
+
 /// Runs `rekey etcd ...`.
 pub async fn run(cmd: EtcdCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         EtcdCommand::Verify(args) => verify(args).await,
-        EtcdCommand::RotateKey(args) => super::rotate::run(args),
+        EtcdCommand::RotateKey(args) => rotate_key(args),
     }
 }
 
@@ -124,10 +155,10 @@ fn options(args: &VerifyArgs, config: Option<&EtcdConfig>) -> anyhow::Result<Ver
         (Some(p), _, _) => p.clone(),
         (None, Some(r), _) => format!(
             "/registry/{}/",
-            super::encryption::GroupResource::parse(r).resource
+            etcd::encryption::GroupResource::parse(r).resource
         ),
         (None, None, Some(p)) => p.clone(),
-        (None, None, None) => super::DEFAULT_PREFIX.to_string(),
+        (None, None, None) => etcd::DEFAULT_PREFIX.to_string(),
     };
     if !prefix.starts_with('/') {
         return Err(BadInput::msg(format!("--etcd-prefix: `{prefix}` must start with `/`")).into());
@@ -212,6 +243,57 @@ fn print(report: &Report, json: bool) -> anyhow::Result<()> {
         print!("{}", report.human());
     }
     Ok(())
+}
+
+fn rotate_error(e: RotateKeyError) -> anyhow::Error {
+    match e {
+        e @ RotateKeyError::Read { .. } => BadInput::msg(format!("--encryption-config {e}")).into(),
+        e if e.is_bad_input() => BadInput::new(e).into(),
+        e => e.into(),
+    }
+}
+
+/// Runs `rekey etcd rotate-key`.
+fn rotate_key(args: RotateKeyArgs) -> anyhow::Result<ExitCode> {
+    let config = rotate::load(&args.encryption_config).map_err(rotate_error)?;
+    let provider = match args.provider.as_str() {
+        "secretbox" => ProviderKind::Secretbox,
+        "aesgcm" => ProviderKind::Aesgcm,
+        "aescbc" => ProviderKind::Aescbc,
+        other => {
+            return Err(BadInput::msg(format!(
+                "--provider: `{other}` is not one of secretbox, aesgcm, aescbc"
+            ))
+            .into());
+        }
+    };
+    let now = Utc::now();
+    let key_name = args
+        .key_name
+        .clone()
+        .unwrap_or_else(|| format!("key-{}", now.format("%Y%m%d%H%M%S")));
+    if key_name.is_empty() || key_name.contains(':') || key_name.chars().any(char::is_whitespace) {
+        return Err(BadInput::msg(format!(
+            "--key-name: `{key_name}` must be non-empty, without `:` or spaces"
+        ))
+        .into());
+    }
+    let opts = RotateKeyOptions {
+        encryption_config: args.encryption_config,
+        out: args.out,
+        resource: args.resource,
+        key_name,
+        provider,
+        now,
+    };
+    let report = rotate::rotate_key(&config, &opts).map_err(rotate_error)?;
+    println!(
+        "wrote {}: {} (new key {})",
+        report.out.display(),
+        report.files.join(", "),
+        report.new_label
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 #[cfg(test)]
