@@ -2,11 +2,9 @@
 //! round trips at every size class, and every kind of damage rejected with a
 //! message saying which, exit code 2 and no output file left behind.
 
-mod backup_util;
-
 use std::path::{Path, PathBuf};
 
-use backup_util::{kek_file, ls, pattern, rekey_json, rekey_ok, rekey_run};
+use super::util::{kek_file, ls, pattern, rekey_json, rekey_ok, rekey_run};
 
 const MIB: usize = 1 << 20;
 /// The chunk size of the damage tests (small, so objects are small).

@@ -1,11 +1,9 @@
 //! `rekey backup prune`: keeps the right backups (by count and by age), deletes
 //! the others' objects and marks their records pruned.
 
-mod backup_util;
-
 use std::path::Path;
 
-use backup_util::{fill_etcd, kek_file, ls, rekey_json, rekey_run, write_config};
+use super::util::{fill_etcd, kek_file, ls, rekey_json, rekey_run, write_config};
 use rekey_integration::{etcd::Etcd, pg::fresh_db};
 
 fn s(p: &Path) -> &str {

@@ -2,11 +2,9 @@
 //! objects (S3 and local), bodies untouched; afterwards only the new KEK opens
 //! them, and the records carry the new KEK id and hash.
 
-mod backup_util;
-
 use std::path::Path;
 
-use backup_util::{
+use super::util::{
     fill_etcd, kek_file, pattern, rekey_json, rekey_ok, rekey_run, sha256_file, write_config,
 };
 use object_store::{ObjectStoreExt, path::Path as ObjectPath};
@@ -238,7 +236,7 @@ fn rewrap_a_local_object_without_database() {
         ],
         &[],
     );
-    let names: Vec<_> = backup_util::ls(dir.path());
+    let names: Vec<_> = super::util::ls(dir.path());
     assert!(
         !names.iter().any(|n| n.ends_with(".partial")),
         "temporary file left: {names:?}"

@@ -6,9 +6,7 @@
 //! token revoked twice, no backup recorded that cannot be decrypted.
 //!
 //! The table of points covered is written to `target/crash-points.md` and
-//! printed (`cargo test --test crash_points -- --nocapture`).
-
-mod backup_util;
+//! printed (`cargo test -p rekey-integration --test it -- crash_points --nocapture`).
 
 use std::{
     os::unix::process::ExitStatusExt,
@@ -373,11 +371,11 @@ async fn backup_point(point: &str) {
     let db = rekey_integration::pg::fresh_db().await;
     let dir = tempfile::tempdir().unwrap();
     let etcd = Etcd::start();
-    backup_util::fill_etcd(&etcd, 300, "crash");
-    let kek = backup_util::kek_file(dir.path(), "kek");
+    crate::backup::util::fill_etcd(&etcd, 300, "crash");
+    let kek = crate::backup::util::kek_file(dir.path(), "kek");
     let local = dir.path().join("backups");
     let dest = format!("file://{}/", local.display());
-    let config = backup_util::write_config(
+    let config = crate::backup::util::write_config(
         dir.path(),
         &db.url,
         &etcd,
@@ -398,7 +396,7 @@ async fn backup_point(point: &str) {
         std::fs::read_to_string(&log).unwrap_or_default()
     });
     // The next run succeeds; nothing recorded as completed fails to decrypt.
-    let (code, _, err) = backup_util::rekey_run(&["backup", "run", "--config", &config], &[]);
+    let (code, _, err) = crate::backup::util::rekey_run(&["backup", "run", "--config", &config], &[]);
     assert_eq!(code, 0, "{err}");
     let completed: Vec<String> =
         sqlx::query_scalar("SELECT location FROM backups WHERE status = 'completed'")
@@ -412,7 +410,7 @@ async fn backup_point(point: &str) {
     );
     for location in &completed {
         let out = dir.path().join("restored.db");
-        let (code, _, err) = backup_util::rekey_run(
+        let (code, _, err) = crate::backup::util::rekey_run(
             &[
                 "backup",
                 "decrypt",
@@ -447,7 +445,7 @@ async fn crash_before_backup_recorded() {
 fn every_crash_point_has_a_test() {
     let source = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/tests/crash_points.rs"
+        "/tests/it/crash_points.rs"
     ))
     .unwrap();
     for (name, _) in rekey::crash::POINTS {

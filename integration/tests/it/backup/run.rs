@@ -2,11 +2,9 @@
 //! Postgres, and both a real S3 endpoint (moto) and `file://`; then `list`,
 //! `decrypt`, `etcdctl snapshot status` on the result, and `verify`.
 
-mod backup_util;
-
 use std::path::Path;
 
-use backup_util::{
+use super::util::{
     etcdctl_snapshot_status, fill_etcd, kek_file, ls, rekey_json, rekey_ok, rekey_run, sha256_file,
     write_config,
 };
@@ -292,7 +290,7 @@ async fn verify_fails_on_a_backup_that_is_not_a_snapshot() {
     let dir = tempfile::tempdir().expect("tempdir");
     let kek = kek_file(dir.path(), "kek");
     let plain = dir.path().join("plain");
-    std::fs::write(&plain, backup_util::pattern(100_000, 5)).expect("write");
+    std::fs::write(&plain, super::util::pattern(100_000, 5)).expect("write");
     let enc = dir.path().join("enc.rkb");
     rekey_ok(
         &[

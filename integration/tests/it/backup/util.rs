@@ -1,6 +1,5 @@
-//! Helpers shared by the `backup_*` tests: key files, data, running the binary, configs.
-
-#![allow(dead_code)]
+//! Helpers shared by the `backup::*` tests (and `crash_points`): key files,
+//! data, running the binary, configs.
 
 use std::{
     os::unix::fs::PermissionsExt,

@@ -2,8 +2,6 @@
 //! `target/node` by `integration/test.sh`): a multipart (block list) upload by
 //! `backup encrypt`, a download by `backup decrypt`, an in-place `rewrap`.
 
-mod backup_util;
-
 use std::{
     io::{Read, Write},
     net::TcpStream,
@@ -12,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use backup_util::{kek_file, pattern, rekey_ok, rekey_run};
+use super::util::{kek_file, pattern, rekey_ok, rekey_run};
 use base64::Engine;
 
 /// Azurite's well-known development account and key.

@@ -1,4 +1,4 @@
-//! The deployment in `deploy/`, checked statically as one test binary:
+//! The deployment in `deploy/`, checked statically:
 //!
 //! - `kubectl kustomize` renders the base and every overlay;
 //! - every rendered object validates offline against the Kubernetes schemas
