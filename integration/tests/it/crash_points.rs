@@ -396,7 +396,8 @@ async fn backup_point(point: &str) {
         std::fs::read_to_string(&log).unwrap_or_default()
     });
     // The next run succeeds; nothing recorded as completed fails to decrypt.
-    let (code, _, err) = crate::backup::util::rekey_run(&["backup", "run", "--config", &config], &[]);
+    let (code, _, err) =
+        crate::backup::util::rekey_run(&["backup", "run", "--config", &config], &[]);
     assert_eq!(code, 0, "{err}");
     let completed: Vec<String> =
         sqlx::query_scalar("SELECT location FROM backups WHERE status = 'completed'")

@@ -2,7 +2,10 @@
 //! (`k8s::bootstrap::run`) as rekey's ServiceAccount, the `rekey token` CLI
 //! through the real binary, nodes joining with their token.
 
-use std::time::{Duration, Instant};
+use std::{
+    collections::BTreeMap,
+    time::{Duration, Instant},
+};
 
 use rekey::{
     k8s::{BootstrapTokensConfig, bootstrap},
@@ -12,6 +15,7 @@ use rekey_integration::{
     bin::{outcome, rekey, run},
     kube::{KubeStandIn, fixtures},
     pg::{TestDb, fresh_db},
+    wait::{check, eventually},
 };
 use secrecy::ExposeSecret;
 use tokio_util::sync::CancellationToken;
@@ -41,23 +45,56 @@ impl Watcher {
     }
 }
 
-async fn wait_for(what: &str, limit: Duration, mut f: impl AsyncFnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    while !f().await {
-        assert!(
-            start.elapsed() < limit,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    start.elapsed()
-}
-
 async fn state_of(db: &TestDb, id: &str) -> Option<String> {
     bootstrap::db::token(&db.store, id)
         .await
         .unwrap()
         .map(|t| t.state)
+}
+
+/// Waits until the token's row is in `state`.
+async fn wait_state(db: &TestDb, id: &str, state: &str, limit: Duration) {
+    eventually(&format!("token {id} to be {state}"), limit, async || {
+        check(state_of(db, id).await, |s| s.as_deref() == Some(state))
+    })
+    .await;
+}
+
+/// Waits until the Secret `kube-system/<name>` is gone.
+async fn wait_secret_gone(k: &KubeStandIn, name: &str, limit: Duration) {
+    eventually(&format!("Secret {name} to be deleted"), limit, async || {
+        let version = k
+            .get("Secret", "kube-system", name)
+            .map(|s| s["metadata"]["resourceVersion"].clone());
+        check(version, Option::is_none)
+    })
+    .await;
+}
+
+/// Waits until a watcher started after `before` (the stand-in's request
+/// counts then) has relisted Secrets, CSRs and Nodes and handled what it
+/// found: the watcher handles a list's end (`InitDone`) before it polls that
+/// stream again, and only that poll opens the WATCH, so a new WATCH of each
+/// resource after a new LIST means the relist's work is done.
+async fn wait_relisted(k: &KubeStandIn, before: &BTreeMap<(String, String), usize>) {
+    let resources = ["secrets", "certificatesigningrequests", "nodes"];
+    eventually(
+        "the new watcher to relist and then watch",
+        Duration::from_secs(20),
+        async || {
+            let now = k.request_counts();
+            let grew = |verb: &str, r: &str| {
+                let key = (verb.to_string(), r.to_string());
+                now.get(&key).copied().unwrap_or(0) > before.get(&key).copied().unwrap_or(0)
+            };
+            let pending: Vec<&str> = resources
+                .into_iter()
+                .filter(|r| !(grew("list", r) && grew("watch", r)))
+                .collect();
+            check(pending, Vec::is_empty)
+        },
+    )
+    .await;
 }
 
 async fn revoke_events(db: &TestDb, id: &str) -> usize {
@@ -130,25 +167,19 @@ async fn token_used_by_a_node_is_revoked_within_seconds() {
     assert_eq!(state_of(&db, &id).await.as_deref(), Some("active"));
 
     k.join_node(&token, "worker-1").await;
-    let took = wait_for(
-        "the token's secret to be deleted",
+    let joined = Instant::now();
+    wait_secret_gone(
+        &k,
+        &format!("bootstrap-token-{id}"),
         Duration::from_secs(10),
-        async || {
-            k.get("Secret", "kube-system", &format!("bootstrap-token-{id}"))
-                .is_none()
-        },
     )
     .await;
+    let took = joined.elapsed();
     assert!(
         took < Duration::from_secs(5),
         "revoked {took:?} after the node registered"
     );
-    wait_for(
-        "the row to say revoked",
-        Duration::from_secs(5),
-        async || state_of(&db, &id).await.as_deref() == Some("revoked"),
-    )
-    .await;
+    wait_state(&db, &id, "revoked", Duration::from_secs(5)).await;
     let row = bootstrap::db::token(&db.store, &id).await.unwrap().unwrap();
     assert_eq!(row.revoked_reason.as_deref(), Some("joined"));
     assert_eq!(row.revoked_node.as_deref(), Some("worker-1"));
@@ -190,8 +221,8 @@ async fn join_is_recorded_when_the_csr_is_deleted_right_after_approval() {
     let (secret, token) =
         fixtures::bootstrap_secret("abc123", Some(chrono::TimeDelta::hours(1)), None);
     k.put(secret).unwrap();
-    wait_for("discovery", Duration::from_secs(5), async || {
-        state_of(&db, "abc123").await.is_some()
+    eventually("discovery of abc123", Duration::from_secs(5), async || {
+        check(state_of(&db, "abc123").await, Option::is_some)
     })
     .await;
     // The kubelet's CSR, approved and issued, then garbage-collected at once,
@@ -208,15 +239,13 @@ async fn join_is_recorded_when_the_csr_is_deleted_right_after_approval() {
     .unwrap();
     k.approve_and_issue("csr-x").unwrap();
     k.delete("CertificateSigningRequest", "", "csr-x").unwrap();
-    wait_for(
-        "the join to be recorded",
+    eventually(
+        "the join to be recorded with its CSR deleted",
         Duration::from_secs(5),
         async || {
-            bootstrap::db::joins(&db.store, "abc123")
-                .await
-                .unwrap()
-                .first()
-                .is_some_and(|j| j.csr_deleted_at.is_some())
+            let joins = bootstrap::db::joins(&db.store, "abc123").await.unwrap();
+            let deleted: Vec<_> = joins.iter().map(|j| j.csr_deleted_at).collect();
+            check(deleted, |d| d.first().is_some_and(Option::is_some))
         },
     )
     .await;
@@ -228,12 +257,9 @@ async fn join_is_recorded_when_the_csr_is_deleted_right_after_approval() {
         Some("active"),
         "no node yet"
     );
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The node registers only now.
     k.put(fixtures::node("node-x")).unwrap();
-    wait_for("revocation", Duration::from_secs(5), async || {
-        state_of(&db, "abc123").await.as_deref() == Some("revoked")
-    })
-    .await;
+    wait_state(&db, "abc123", "revoked", Duration::from_secs(5)).await;
     assert!(
         k.get("Secret", "kube-system", "bootstrap-token-abc123")
             .is_none()
@@ -263,35 +289,35 @@ async fn token_kept_until_expiry_survives_two_joins() {
     k.join_node(t1.expose_secret(), "a-2").await;
     k.join_node(t2.expose_secret(), "b-1").await;
     k.join_node(t2.expose_secret(), "b-2").await;
-    wait_for(
-        "both tokens to be marked used",
-        Duration::from_secs(5),
-        async || {
-            state_of(&db, "keep01").await.as_deref() == Some("used")
-                && state_of(&db, "keep02").await.as_deref() == Some("used")
-        },
-    )
-    .await;
-    // Several sweeps later they are still there.
-    tokio::time::sleep(bootstrap::SWEEP_INTERVAL * 2).await;
-    for id in ["keep01", "keep02"] {
-        assert!(
-            k.get("Secret", "kube-system", &format!("bootstrap-token-{id}"))
-                .is_some(),
-            "{id} revoked early"
-        );
-        assert_eq!(bootstrap::db::joins(&db.store, id).await.unwrap().len(), 2);
-    }
-    // At expiry keep01 goes.
-    wait_for("expiry", Duration::from_secs(15), async || {
-        state_of(&db, "keep01").await.as_deref() == Some("revoked")
-    })
-    .await;
+    wait_state(&db, "keep01", "used", Duration::from_secs(5)).await;
+    wait_state(&db, "keep02", "used", Duration::from_secs(5)).await;
+    let used_at = chrono::Utc::now();
+    // At expiry keep01 goes: the sweep revokes it. Sweeps run every
+    // SWEEP_INTERVAL, so several ran between the joins and its expiry, and
+    // none of them revoked either token early.
+    wait_state(&db, "keep01", "revoked", Duration::from_secs(15)).await;
     let row = bootstrap::db::token(&db.store, "keep01")
         .await
         .unwrap()
         .unwrap();
     assert_eq!(row.revoked_reason.as_deref(), Some("expired"));
+    let (revoked_at, expiration) = (row.revoked_at.unwrap(), row.expiration.unwrap());
+    assert!(
+        revoked_at >= expiration,
+        "keep01 revoked early: at {revoked_at}, expiring {expiration}"
+    );
+    assert!(
+        expiration - used_at >= chrono::TimeDelta::from_std(bootstrap::SWEEP_INTERVAL).unwrap(),
+        "the scenario needs a sweep between the joins and the expiry"
+    );
+    assert!(
+        k.get("Secret", "kube-system", "bootstrap-token-keep02")
+            .is_some(),
+        "keep02 revoked early"
+    );
+    for id in ["keep01", "keep02"] {
+        assert_eq!(bootstrap::db::joins(&db.store, id).await.unwrap().len(), 2);
+    }
     assert_eq!(state_of(&db, "keep02").await.as_deref(), Some("used"));
     w.stop().await;
 }
@@ -311,14 +337,8 @@ async fn unused_token_past_max_age_is_revoked() {
         Some("keep-until-expiry"),
     );
     k.put(secret).unwrap();
-    wait_for("discovery", Duration::from_secs(5), async || {
-        state_of(&db, "old001").await.as_deref() == Some("active")
-    })
-    .await;
-    wait_for("max-age revocation", Duration::from_secs(15), async || {
-        state_of(&db, "old001").await.as_deref() == Some("revoked")
-    })
-    .await;
+    wait_state(&db, "old001", "active", Duration::from_secs(5)).await;
+    wait_state(&db, "old001", "revoked", Duration::from_secs(15)).await;
     let row = bootstrap::db::token(&db.store, "old001")
         .await
         .unwrap()
@@ -343,10 +363,7 @@ async fn no_token_is_revoked_twice() {
         fixtures::bootstrap_secret("twice1", Some(chrono::TimeDelta::hours(1)), None);
     k.put(secret).unwrap();
     k.join_node(token.expose_secret(), "n-1").await;
-    wait_for("revocation", Duration::from_secs(5), async || {
-        state_of(&db, "twice1").await.as_deref() == Some("revoked")
-    })
-    .await;
+    wait_state(&db, "twice1", "revoked", Duration::from_secs(5)).await;
     let out = run(rekey()
         .args(["token", "revoke", "twice1", "--kubeconfig"])
         .arg(k.kubeconfig())
@@ -356,8 +373,9 @@ async fn no_token_is_revoked_twice() {
     assert!(stdout.contains("already revoked"), "{stdout}");
     // A restarted watcher relists everything and does nothing more.
     w1.stop().await;
+    let before = k.request_counts();
     let w3 = Watcher::start(&db, &k, BootstrapTokensConfig::default()).await;
-    tokio::time::sleep(bootstrap::SWEEP_INTERVAL + Duration::from_millis(500)).await;
+    wait_relisted(&k, &before).await;
     let deletes = k
         .requests()
         .into_iter()
@@ -488,10 +506,7 @@ async fn revoked_token_brought_back_by_an_etcd_restore_is_deleted_again() {
     let name = format!("bootstrap-token-{id}");
     let snapshot = k.get("Secret", "kube-system", &name).unwrap();
     k.join_node(&token, "worker-restored").await;
-    wait_for("the revocation", Duration::from_secs(10), async || {
-        state_of(&db, &id).await.as_deref() == Some("revoked")
-    })
-    .await;
+    wait_state(&db, &id, "revoked", Duration::from_secs(10)).await;
     assert!(k.get("Secret", "kube-system", &name).is_none());
     assert_eq!(revoke_events(&db, &id).await, 1);
     w.stop().await;
@@ -501,14 +516,12 @@ async fn revoked_token_brought_back_by_an_etcd_restore_is_deleted_again() {
     assert_eq!(restored["metadata"]["uid"], snapshot["metadata"]["uid"]);
     assert!(k.check_bootstrap_token(&token).is_ok());
 
-    // rekey starts (or relists) and deletes it again.
+    // rekey starts (or relists) and deletes it again; the relist's work
+    // (the DELETE, then its audit event) is done once the watches are open.
+    let before = k.request_counts();
     let w = Watcher::start(&db, &k, BootstrapTokensConfig::default()).await;
-    wait_for(
-        "the restored Secret to be deleted again",
-        Duration::from_secs(10),
-        async || k.get("Secret", "kube-system", &name).is_none(),
-    )
-    .await;
+    wait_secret_gone(&k, &name, Duration::from_secs(10)).await;
+    wait_relisted(&k, &before).await;
     assert!(k.check_bootstrap_token(&token).is_err());
     assert_eq!(state_of(&db, &id).await.as_deref(), Some("revoked"));
     assert_eq!(revoke_events(&db, &id).await, 2);
@@ -528,8 +541,9 @@ async fn revoked_token_brought_back_by_an_etcd_restore_is_deleted_again() {
     );
     // A later relist finds nothing more to do.
     w.stop().await;
+    let before = k.request_counts();
     let w = Watcher::start(&db, &k, BootstrapTokensConfig::default()).await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    wait_relisted(&k, &before).await;
     assert_eq!(revoke_events(&db, &id).await, 2);
     w.stop().await;
     assert!(k.denied().is_empty(), "{:?}", k.denied());
