@@ -60,6 +60,16 @@ pub fn check<V>(value: V, done: impl FnOnce(&V) -> bool) -> Result<V, V> {
     if done(&value) { Ok(value) } else { Err(value) }
 }
 
+/// Text shown as it is, not quoted and escaped, when it is the last
+/// observed value of a failed wait: a server's log, say.
+pub struct Text(pub String);
+
+impl Debug for Text {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -21,6 +21,7 @@ use rekey_integration::{
     etcd::Etcd,
     kube::{KubeStandIn, fixtures},
     serve::{Scenario, Server, read_sink, verify_with_openssl, wait_for},
+    wait::{Text, eventually},
 };
 
 static TABLE: Mutex<Vec<(String, String)>> = Mutex::new(Vec::new());
@@ -103,13 +104,52 @@ async fn engine_point(point: &str, nth: usize) {
     let crashed_at = chrono::Utc::now();
     let mut server = s.serve(&config, &[]);
     // The lease (5 s) lapses, the interrupted work is reconciled, rotation goes on.
-    tokio::time::sleep(Duration::from_secs(14)).await;
+    settled(&s, &sinks, crashed_at, &server).await;
     converged(&s, &sinks, crashed_at, &server).await;
     assert_eq!(server.terminate(Duration::from_secs(20)), Some(0));
     covered(
         point,
         &format!("yes (aborted at hit {nth}, {} credentials)", sinks.len()),
     );
+}
+
+/// Waits until the restarted server has done what convergence needs: every
+/// credential rotated successfully after the crash, and no attempt of the
+/// crashed process is still running.
+async fn settled(
+    s: &Scenario,
+    sinks: &[(String, PathBuf)],
+    crashed_at: chrono::DateTime<chrono::Utc>,
+    server: &Server,
+) {
+    let names: Vec<&str> = sinks.iter().map(|(n, _)| n.as_str()).collect();
+    eventually(
+        "every credential rotated after the crash and no attempt left running",
+        Duration::from_secs(90),
+        async || {
+            let (waiting, stuck): (i64, i64) = sqlx::query_as(
+                "SELECT
+                   (SELECT count(*) FROM credentials c WHERE c.name = ANY($1) AND NOT EXISTS
+                      (SELECT 1 FROM rotations r WHERE r.credential_id = c.id
+                         AND r.status = 'succeeded' AND r.finished_at > $2)),
+                   (SELECT count(*) FROM rotations WHERE status = 'running' AND started_at < $2)",
+            )
+            .bind(&names)
+            .bind(crashed_at)
+            .fetch_one(s.db.pool())
+            .await
+            .unwrap();
+            if (waiting, stuck) == (0, 0) {
+                Ok(())
+            } else {
+                Err(Text(format!(
+                    "{waiting} credentials not rotated since the crash, {stuck} attempts of the crashed process running; log:\n{}",
+                    server.log()
+                )))
+            }
+        },
+    )
+    .await;
 }
 
 async fn converged(
@@ -249,19 +289,24 @@ async fn crash_during_retire() {
     let server = s.serve(&config, &[]);
     let pool = s.db.pool().clone();
     let vid = retired[0].0;
-    let mut status = String::new();
-    for _ in 0..150 {
-        status = sqlx::query_scalar("SELECT status FROM credential_versions WHERE id = $1")
-            .bind(vid)
-            .fetch_one(&pool)
-            .await
-            .unwrap();
-        if status == "revoked" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(status, "revoked", "{}", server.log());
+    eventually(
+        "the superseded version to be marked revoked",
+        Duration::from_secs(15),
+        async || {
+            let status: String =
+                sqlx::query_scalar("SELECT status FROM credential_versions WHERE id = $1")
+                    .bind(vid)
+                    .fetch_one(&pool)
+                    .await
+                    .unwrap();
+            if status == "revoked" {
+                Ok(())
+            } else {
+                Err(Text(format!("{status}; log:\n{}", server.log())))
+            }
+        },
+    )
+    .await;
     let events: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM audit_events WHERE action = 'credential.retire_version' AND (details->>'version')::bigint = $1",
     )
@@ -312,19 +357,24 @@ async fn bootstrap_point(point: &str) {
     })
     .unwrap_or_else(|| panic!("{point}: token never revoked:\n{}", server.log()));
     let pool = s.db.pool();
-    let mut state = String::new();
-    for _ in 0..100 {
-        state = sqlx::query_scalar("SELECT state FROM bootstrap_tokens WHERE id = $1")
-            .bind(&id)
-            .fetch_one(pool)
-            .await
-            .unwrap();
-        if state == "revoked" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(state, "revoked", "{}", server.log());
+    eventually(
+        &format!("{point}: the token's row to say revoked"),
+        Duration::from_secs(10),
+        async || {
+            let state: String =
+                sqlx::query_scalar("SELECT state FROM bootstrap_tokens WHERE id = $1")
+                    .bind(&id)
+                    .fetch_one(pool)
+                    .await
+                    .unwrap();
+            if state == "revoked" {
+                Ok(())
+            } else {
+                Err(Text(format!("{state}; log:\n{}", server.log())))
+            }
+        },
+    )
+    .await;
     let revocations: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM audit_events WHERE action = 'bootstrap_token.revoke' AND target = $1",
     )

@@ -31,6 +31,7 @@ use chrono::{DateTime, Utc};
 use rekey_integration::{
     kube::{Fault, FaultKind, KubeStandIn, fixtures},
     serve::{Scenario, Server},
+    wait::{Text, eventually},
 };
 use serde_json::Value;
 use uuid::Uuid;
@@ -139,7 +140,8 @@ fn note_revocations(k: &KubeStandIn, joins: &mut [Join]) {
     }
 }
 
-/// Sleeps until `deadline`, noting revocations every 50 ms.
+/// Sleeps until `deadline`, noting revocations every 50 ms (the run's
+/// timeline is the scenario: when nodes join, when the leader is killed).
 async fn run_until(k: &KubeStandIn, joins: &mut [Join], deadline: Instant) {
     while Instant::now() < deadline {
         note_revocations(k, joins);
@@ -203,20 +205,19 @@ async fn three_replicas_one_killed_halfway_rotate_and_revoke_exactly_once() {
     let http = reqwest::Client::new();
     for r in &replicas {
         let url = format!("http://127.0.0.1:{}/readyz", r.port);
-        let mut ready = false;
-        for _ in 0..300 {
-            if http
-                .get(&url)
-                .send()
-                .await
-                .is_ok_and(|resp| resp.status().is_success())
-            {
-                ready = true;
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        assert!(ready, "{} never became ready:\n{}", r.id, r.server.log());
+        eventually(
+            &format!("{} to be ready", r.id),
+            Duration::from_secs(30),
+            async || match http.get(&url).send().await {
+                Ok(resp) if resp.status().is_success() => Ok(()),
+                answer => Err(Text(format!(
+                    "{:?}; log:\n{}",
+                    answer.map(|a| a.status()),
+                    r.server.log()
+                ))),
+            },
+        )
+        .await;
     }
 
     // Before the kill: four nodes join, one token is never used.
@@ -246,27 +247,28 @@ async fn three_replicas_one_killed_halfway_rotate_and_revoke_exactly_once() {
     slow.namespace = Some(NS.into());
     k.inject(slow);
     let after_kill_token = new_token(&k, 5);
-    let deadline = Instant::now() + KILL_PATIENCE;
-    let held: Vec<(String, DateTime<Utc>)> = loop {
-        let held: Vec<(String, DateTime<Utc>)> = sqlx::query_as(
-            "SELECT c.name, c.lease_expires_at FROM credentials c
-             WHERE c.lease_owner = $1 AND c.lease_expires_at > now()
-               AND EXISTS (SELECT 1 FROM rotations r WHERE r.credential_id = c.id
-                           AND r.status = 'running' AND r.replica = $1)",
-        )
-        .bind(&leader)
-        .fetch_all(s.db.pool())
-        .await
-        .expect("leases");
-        if !held.is_empty() {
-            break held;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the leader {leader} held no rotation lease for {KILL_PATIENCE:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let held: Vec<(String, DateTime<Utc>)> = eventually(
+        &format!("the leader {leader} to hold a rotation lease"),
+        KILL_PATIENCE,
+        async || {
+            let held: Vec<(String, DateTime<Utc>)> = sqlx::query_as(
+                "SELECT c.name, c.lease_expires_at FROM credentials c
+                 WHERE c.lease_owner = $1 AND c.lease_expires_at > now()
+                   AND EXISTS (SELECT 1 FROM rotations r WHERE r.credential_id = c.id
+                               AND r.status = 'running' AND r.replica = $1)",
+            )
+            .bind(&leader)
+            .fetch_all(s.db.pool())
+            .await
+            .expect("leases");
+            if held.is_empty() {
+                Err("no lease held")
+            } else {
+                Ok(held)
+            }
+        },
+    )
+    .await;
     let victim = replicas
         .iter()
         .position(|r| r.id == leader)

@@ -12,6 +12,7 @@ use rekey_integration::{
     kube::KubeStandIn,
     pg::own_cluster,
     serve::{Scenario, read_sink, verify_with_openssl, wait_for},
+    wait::{Text, eventually},
 };
 use sqlx::Connection;
 
@@ -102,6 +103,7 @@ async fn postgres_down_for_30_seconds_is_survived() {
         Some(200),
         "the process must stay alive"
     );
+    // The outage's length is the scenario.
     std::thread::sleep(Duration::from_secs(30).saturating_sub(stopped.elapsed()));
     assert!(
         server.try_wait().unwrap().is_none(),
@@ -118,8 +120,33 @@ async fn postgres_down_for_30_seconds_is_survived() {
 
     // Rotation catches up: every credential rotated after Postgres came back,
     // nothing lost or duplicated, sinks and database agree.
-    std::thread::sleep(Duration::from_secs(20));
     let db = sqlx::PgPool::connect(&url).await.unwrap();
+    eventually(
+        "every credential rotated after the outage and nothing left pending",
+        Duration::from_secs(60),
+        async || {
+            let (waiting, pending): (i64, i64) = sqlx::query_as(
+                "SELECT
+                   (SELECT count(*) FROM credentials c WHERE NOT EXISTS
+                      (SELECT 1 FROM rotations r WHERE r.credential_id = c.id
+                         AND r.status = 'succeeded' AND r.finished_at > $1)),
+                   (SELECT count(*) FROM credential_versions WHERE status = 'pending' AND created_at < $1)",
+            )
+            .bind(back)
+            .fetch_one(&db)
+            .await
+            .unwrap();
+            if (waiting, pending) == (0, 0) {
+                Ok(())
+            } else {
+                Err(Text(format!(
+                    "{waiting} credentials not rotated since, {pending} versions pending from before; log:\n{}",
+                    show()
+                )))
+            }
+        },
+    )
+    .await;
     let doubles: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM (SELECT credential_id FROM credential_versions WHERE status = 'published'
            GROUP BY credential_id HAVING count(*) > 1) x",
@@ -153,7 +180,7 @@ async fn postgres_down_for_30_seconds_is_survived() {
             "{name} did not rotate after the outage:\n{}",
             show()
         );
-        let snap = read_sink(s).unwrap();
+        let snap = wait_for(Duration::from_secs(5), || read_sink(s)).unwrap();
         assert!(snap.version >= current.unwrap());
         let (_, na) = verify_with_openssl(&snap, &dir.path().join(format!("check{i}"))).unwrap();
         assert!(na > chrono::Utc::now().timestamp(), "{name} expired");
@@ -221,22 +248,44 @@ async fn retries_near_expiry_never_wait_more_than_a_quarter_of_the_time_left() {
     let server = s.serve(&config, &[]);
     let pool = s.db.pool().clone();
     // First version published.
-    let first_na: chrono::DateTime<chrono::Utc> = loop {
-        // No row until serve has declared the credential; NULL until issued.
-        let na: Option<chrono::DateTime<chrono::Utc>> =
-            sqlx::query_scalar("SELECT not_after FROM credentials")
-                .fetch_optional(&pool)
-                .await
-                .unwrap()
-                .flatten();
-        if let Some(na) = na {
-            break na;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let first_na: chrono::DateTime<chrono::Utc> = eventually(
+        "the first version to be issued (its not_after)",
+        Duration::from_secs(60),
+        async || {
+            // No row until serve has declared the credential; NULL until issued.
+            let na: Option<chrono::DateTime<chrono::Utc>> =
+                sqlx::query_scalar("SELECT not_after FROM credentials")
+                    .fetch_optional(&pool)
+                    .await
+                    .unwrap()
+                    .flatten();
+            na.ok_or_else(|| Text(server.log()))
+        },
+    )
+    .await;
     // Down from before the renewal point (~18 s in) until 15 s before expiry.
     k.down_for(Duration::from_secs(40));
-    tokio::time::sleep(Duration::from_secs(50)).await;
+    // The API is back: the credential is renewed before its old version
+    // expired. Every attempt before it (all of them during the outage) has
+    // finished by then: one credential's attempts follow each other.
+    let until_expiry = (first_na - chrono::Utc::now()).to_std().unwrap_or_default();
+    let renewed: i64 = eventually(
+        "the renewal once the API is back, before the old version expires",
+        until_expiry,
+        async || {
+            let n: i64 =
+                sqlx::query_scalar("SELECT count(*) FROM rotations WHERE status = 'succeeded'")
+                    .fetch_one(&pool)
+                    .await
+                    .unwrap();
+            if n >= 2 {
+                Ok(n)
+            } else {
+                Err(Text(format!("{n} succeeded; log:\n{}", server.log())))
+            }
+        },
+    )
+    .await;
     let failures: Vec<(chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>)> = sqlx::query_as(
         "SELECT r.finished_at, c.next_rotation_at FROM rotations r JOIN credentials c ON c.id = r.credential_id
          WHERE r.status = 'failed' ORDER BY r.finished_at",
@@ -259,18 +308,6 @@ async fn retries_near_expiry_never_wait_more_than_a_quarter_of_the_time_left() {
             "waited {gap} with {left} left before expiry: {attempts:?}"
         );
     }
-    // The API is back: the credential is renewed before its old version expired.
-    let renewed: i64 = loop {
-        let n: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM rotations WHERE status = 'succeeded'")
-                .fetch_one(&pool)
-                .await
-                .unwrap();
-        if n >= 2 || chrono::Utc::now() > first_na {
-            break n;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
     assert!(renewed >= 2, "not renewed before expiry:\n{}", server.log());
     let na: chrono::DateTime<chrono::Utc> = sqlx::query_scalar("SELECT not_after FROM credentials")
         .fetch_one(&pool)

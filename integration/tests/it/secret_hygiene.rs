@@ -309,9 +309,11 @@ async fn serve_rotations_and_database_errors_leak_no_key_or_password() {
             &config,
             &[("REKEY_LOG", "debug"), ("REKEY_LOG_FORMAT", format)],
         );
+        // Key material is collected (to be searched for in the logs) until
+        // every certificate was issued and rotated, for at most 25 s.
         let started = Instant::now();
         let mut versions = BTreeSet::new();
-        while started.elapsed() < Duration::from_secs(25) {
+        while started.elapsed() < Duration::from_secs(25) && versions.len() < kinds.len() * 2 {
             for k in kinds {
                 if let Some(snap) = read_sink(&s.path(&format!("sinks/{k}"))) {
                     versions.insert((k, snap.version));
@@ -718,9 +720,17 @@ async fn kubernetes_tokens_secrets_and_bootstrap_tokens_leak_nothing() {
     let id = token.split('.').next().unwrap().to_string();
     k.join_node(&token, "worker-1").await;
 
+    // Secrets are collected (to be searched for in the logs) until the
+    // deployer token was rotated twice and the joined node's token revoked,
+    // for at most 30 s.
     let started = Instant::now();
     let mut tokens = BTreeSet::new();
-    while started.elapsed() < Duration::from_secs(30) {
+    let bootstrap_secret = format!("bootstrap-token-{id}");
+    while started.elapsed() < Duration::from_secs(30)
+        && (tokens.len() < 3
+            || seen.len() < 6
+            || k.get("Secret", "kube-system", &bootstrap_secret).is_some())
+    {
         add_cluster_secrets(&mut scanner, &k, &mut seen);
         if let Some(t) = k.get("Secret", "ci", "deployer-token") {
             tokens.insert(t["data"]["token"].as_str().unwrap_or("").to_string());

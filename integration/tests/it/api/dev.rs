@@ -7,10 +7,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use rekey_integration::bin::{outcome, rekey, run};
+use rekey_integration::{
+    bin::{outcome, rekey, run},
+    wait::eventually,
+};
 
-#[test]
-fn dev_prints_working_instructions_for_the_admin_api() {
+#[tokio::test]
+async fn dev_prints_working_instructions_for_the_admin_api() {
     let state = tempfile::Builder::new()
         .prefix("rekey-test-dev-api-")
         .tempdir_in("/tmp")
@@ -54,21 +57,25 @@ fn dev_prints_working_instructions_for_the_admin_api() {
         let (k, v) = kv.split_once('=').unwrap();
         cmd.env(k, v);
     }
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let mut status = rekey();
-        for kv in exports.split_whitespace() {
-            let (k, v) = kv.split_once('=').unwrap();
-            status.env(k, v);
-        }
-        let out = run(status.args(["status", "--json"]));
-        let (code, stdout, stderr) = outcome(&out);
-        if code == 0 && stdout.contains("cert/dev/web") && stdout.contains("\"valid\"") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "{code} {stdout} {stderr}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    eventually(
+        "cert/dev/web valid in `rekey status --json` (code, stdout, stderr)",
+        Duration::from_secs(30),
+        async || {
+            let mut status = rekey();
+            for kv in exports.split_whitespace() {
+                let (k, v) = kv.split_once('=').unwrap();
+                status.env(k, v);
+            }
+            let out = run(status.args(["status", "--json"]));
+            let (code, stdout, stderr) = outcome(&out);
+            if code == 0 && stdout.contains("cert/dev/web") && stdout.contains("\"valid\"") {
+                Ok(())
+            } else {
+                Err((code, stdout, stderr))
+            }
+        },
+    )
+    .await;
     let out = run(cmd.args(["rotate", "cert/dev/web", "--wait", "--reason", "dev check"]));
     let (code, stdout, stderr) = outcome(&out);
     let _ = nix::sys::signal::kill(

@@ -8,6 +8,7 @@ use rekey_integration::{
     api::{Pki, Serve, certificate_toml, enc},
     bin::{outcome, run},
     pg::fresh_db,
+    wait::{Text, check, eventually},
 };
 use serde_json::Value;
 
@@ -23,24 +24,21 @@ async fn server_with_web() -> (rekey_integration::pg::TestDb, Pki, Serve) {
 
 /// Waits until the credential has a published version.
 async fn wait_published(db: &rekey_integration::pg::TestDb, name: &str) -> i64 {
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let v: Option<i64> =
-            sqlx::query_scalar("SELECT current_version FROM credentials WHERE name = $1")
-                .bind(name)
-                .fetch_optional(db.pool())
-                .await
-                .unwrap()
-                .flatten();
-        if let Some(v) = v {
-            return v;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{name} never published"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(
+        &format!("{name} to be published"),
+        Duration::from_secs(30),
+        async || {
+            let v: Option<i64> =
+                sqlx::query_scalar("SELECT current_version FROM credentials WHERE name = $1")
+                    .bind(name)
+                    .fetch_optional(db.pool())
+                    .await
+                    .unwrap()
+                    .flatten();
+            v.ok_or("no current version")
+        },
+    )
+    .await
 }
 
 async fn json(resp: reqwest::Response) -> (u16, String, Value) {
@@ -84,18 +82,18 @@ async fn handshake_without_client_certificate_or_from_another_ca_is_refused() {
         .unwrap_err();
     // Refused by the server during the handshake, not answered with an HTTP
     // error (the server may log just after the client sees the alert).
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let log = serve.log();
-        let refused = log.matches("TLS handshake refused").count() >= 2
-            && (log.contains("CertificateRequired") || log.contains("no certificate"))
-            && log.contains("UnknownIssuer");
-        if refused {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "{log}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(
+        "both handshakes refused in the server's log",
+        Duration::from_secs(10),
+        async || {
+            let log = serve.log();
+            let refused = log.matches("TLS handshake refused").count() >= 2
+                && (log.contains("CertificateRequired") || log.contains("no certificate"))
+                && log.contains("UnknownIssuer");
+            if refused { Ok(()) } else { Err(Text(log)) }
+        },
+    )
+    .await;
 
     // The CLI explains both.
     let out = run(serve.cli(&pki, None).args(["status"]));
@@ -210,23 +208,23 @@ async fn operator_rotates_now_and_a_new_version_is_published() {
     assert_eq!(rotation["credential"], WEB);
 
     // Poll the Location until it has finished.
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    let done = loop {
-        let (status, _, r) = json(
-            client
-                .get(format!("{}{location}", serve.url))
-                .send()
-                .await
-                .unwrap(),
-        )
-        .await;
-        assert_eq!(status, 200);
-        if r["finished"] == true {
-            break r;
-        }
-        assert!(std::time::Instant::now() < deadline, "never finished: {r}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let done = eventually(
+        "the rotation to finish (its Location)",
+        Duration::from_secs(30),
+        async || {
+            let (status, _, r) = json(
+                client
+                    .get(format!("{}{location}", serve.url))
+                    .send()
+                    .await
+                    .unwrap(),
+            )
+            .await;
+            assert_eq!(status, 200);
+            check(r, |r| r["finished"] == true)
+        },
+    )
+    .await;
     assert_eq!(done["status"], "succeeded", "{done}");
     let (_, _, cred) = json(
         client
@@ -417,20 +415,21 @@ async fn concurrent_rotate_now_calls_make_one_rotation() {
     assert!(ids.len() <= 2, "{ids:?}");
 
     // Idempotency-Key: the same key answers the same rotation even after it finished.
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
+    let open_rotations = async || {
         let open: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM rotations WHERE status IN ('queued', 'running')",
         )
         .fetch_one(db.pool())
         .await
         .unwrap();
-        if open == 0 {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        check(open, |&n| n == 0)
+    };
+    eventually(
+        "no rotation queued or running",
+        Duration::from_secs(30),
+        open_rotations,
+    )
+    .await;
     let a = client
         .post(&url)
         .header("idempotency-key", "k-1")
@@ -438,7 +437,20 @@ async fn concurrent_rotate_now_calls_make_one_rotation() {
         .await
         .unwrap();
     let (_, _, a) = json(a).await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    eventually(
+        "the keyed rotation to finish",
+        Duration::from_secs(30),
+        async || {
+            let status: String =
+                sqlx::query_scalar("SELECT status FROM rotations WHERE id = $1::uuid")
+                    .bind(a["id"].as_str().unwrap())
+                    .fetch_one(db.pool())
+                    .await
+                    .unwrap();
+            check(status, |s| s != "queued" && s != "running")
+        },
+    )
+    .await;
     let b = client
         .post(&url)
         .header("idempotency-key", "k-1")
@@ -672,8 +684,10 @@ async fn excess_and_slow_requests_get_503_problems() {
     let body = reqwest::Body::wrap_stream(futures::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|item| (item, rx))
     }));
+    // On a connection of its own: the server logs its handshake, and the
+    // request follows on it at once.
     let slow = tokio::spawn({
-        let client = client.clone();
+        let client = pki.client("operator");
         let url = format!("{}/v1/credentials/{}/rotate", serve.url, enc(WEB));
         async move {
             let started = std::time::Instant::now();
@@ -687,14 +701,35 @@ async fn excess_and_slow_requests_get_503_problems() {
             (started.elapsed(), json(r).await)
         }
     });
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    // ...so another is refused at once rather than queued.
-    let (status, ct, body) = json(
-        client
-            .get(format!("{}/v1/credentials", serve.url))
-            .send()
-            .await
-            .unwrap(),
+    eventually(
+        "the slow request's TLS handshake in the server's log",
+        Duration::from_secs(10),
+        async || {
+            let log = serve.log();
+            if log.contains("TLS handshake done") {
+                Ok(())
+            } else {
+                Err(Text(log))
+            }
+        },
+    )
+    .await;
+    // ...so another is refused at once rather than queued (tried until the
+    // slow one, right behind its handshake, holds the slot).
+    let (status, ct, body) = eventually(
+        "a second request to be refused while the slow one holds the slot",
+        Duration::from_secs(10),
+        async || {
+            let answer = json(
+                client
+                    .get(format!("{}/v1/credentials", serve.url))
+                    .send()
+                    .await
+                    .unwrap(),
+            )
+            .await;
+            check(answer, |(status, _, _)| *status == 503)
+        },
     )
     .await;
     assert_eq!(

@@ -3,7 +3,10 @@
 
 use std::{collections::HashMap, time::Duration};
 
-use rekey_integration::serve::{Scenario, read_sink, verify_with_openssl, wait_for};
+use rekey_integration::{
+    serve::{Scenario, read_sink, verify_with_openssl, wait_for},
+    wait::{Text, check, eventually},
+};
 
 fn cert_block(name: &str, dir: &std::path::Path, lifetime: &str, fraction: f64) -> String {
     format!(
@@ -137,15 +140,45 @@ async fn kill_dash_nine_mid_run_then_restart_converges() {
     }
     let config = s.write_config("rekey.toml", &config);
     let mut server = s.serve(&config, &[]);
-    // Kill at varied points of the run, restarting at once each time.
+    // Kill at varied points of the run, restarting at once each time (the
+    // pauses are the scenario: where in the run each kill lands).
     for pause_ms in [700u64, 1900, 350, 2600, 1200, 90, 3100, 500] {
         std::thread::sleep(Duration::from_millis(pause_ms));
         server.kill9();
         server = s.serve(&config, &[]);
     }
     let restarted_at = chrono::Utc::now();
-    // Leases of the killed processes expire after 5 s; everything due is then rotated.
-    std::thread::sleep(Duration::from_secs(14));
+    // Leases of the killed processes expire after 5 s; the interrupted work is
+    // then settled and rotation goes on.
+    eventually(
+        "the killed processes' work settled and a rotation published since the last restart",
+        Duration::from_secs(90),
+        async || {
+            let (running, pending, unpublished, published_since): (i64, i64, i64, i64) =
+                sqlx::query_as(
+                    "SELECT
+                       (SELECT count(*) FROM rotations WHERE status = 'running' AND started_at < $1),
+                       (SELECT count(*) FROM credential_versions WHERE status = 'pending' AND created_at < $1),
+                       (SELECT count(*) FROM credentials WHERE current_version IS NULL),
+                       (SELECT count(*) FROM credential_versions
+                          WHERE status IN ('published', 'superseded') AND published_at > $1)",
+                )
+                .bind(restarted_at)
+                .fetch_one(s.db.pool())
+                .await
+                .unwrap();
+            let counts = (running, pending, unpublished, published_since);
+            if counts.0 + counts.1 + counts.2 == 0 && counts.3 > 0 {
+                Ok(())
+            } else {
+                Err(Text(format!(
+                    "(attempts of killed processes running, their versions pending, credentials never published, versions published since) = {counts:?}; log:\n{}",
+                    server.log()
+                )))
+            }
+        },
+    )
+    .await;
     assert_converged(&s, &names).await;
     let after: i64 = sqlx::query_scalar("SELECT count(*) FROM credential_versions WHERE status IN ('published', 'superseded') AND published_at > $1")
         .bind(restarted_at)
@@ -182,7 +215,22 @@ async fn two_engines_never_rotate_twice_for_one_due_time() {
     let config = s.write_config("rekey.toml", &config);
     let mut a = s.serve(&config, &[("REKEY_ENGINE_REPLICA_ID", "replica-a")]);
     let mut b = s.serve(&config, &[("REKEY_ENGINE_REPLICA_ID", "replica-b")]);
-    std::thread::sleep(Duration::from_secs(60));
+    // ~30 credentials renewed every ~5 s: within a minute both engines have
+    // done over 200 rotations between them.
+    eventually(
+        "over 200 rotations by both engines",
+        Duration::from_secs(60),
+        async || {
+            let row: (i64, i64) = sqlx::query_as(
+                "SELECT count(*) FILTER (WHERE status = 'succeeded'), count(DISTINCT replica) FROM rotations",
+            )
+            .fetch_one(s.db.pool())
+            .await
+            .unwrap();
+            check(row, |&(succeeded, replicas)| succeeded > 200 && replicas == 2)
+        },
+    )
+    .await;
     assert_eq!(a.terminate(Duration::from_secs(20)), Some(0), "{}", a.log());
     assert_eq!(b.terminate(Duration::from_secs(20)), Some(0), "{}", b.log());
     let pool = s.db.pool();

@@ -8,6 +8,7 @@ use rekey::{config::KeyType, issue::CertAuthority};
 use rekey_integration::{
     bin::{outcome, rekey, run},
     serve::{Scenario, read_sink, wait_for},
+    wait::{check, eventually},
 };
 
 const CERT: &str = r#"
@@ -220,18 +221,20 @@ async fn status_json_matches_the_database_and_exits_1_on_an_expired_scanned_cert
         .unwrap_or_else(|| panic!("c{i} never published:\n{}", server.log()));
     }
     // The commit follows the publish: wait for the database to catch up.
-    for _ in 0..50 {
-        let n: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM credentials WHERE current_version IS NOT NULL",
-        )
-        .fetch_one(s.db.pool())
-        .await
-        .unwrap();
-        if n == 3 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually(
+        "the three commits (credentials with a current version)",
+        Duration::from_secs(10),
+        async || {
+            let n: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM credentials WHERE current_version IS NOT NULL",
+            )
+            .fetch_one(s.db.pool())
+            .await
+            .unwrap();
+            check(n, |&n| n == 3)
+        },
+    )
+    .await;
     server.terminate(Duration::from_secs(20));
 
     let out = run(rekey().args(["status", "--json", "--database-url", &s.db.url]));

@@ -17,6 +17,7 @@ use rekey_integration::{
     etcd::Etcd,
     k8s_values::{encode, load, secret},
     pg::fresh_db,
+    wait::{check, eventually},
 };
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
@@ -208,9 +209,9 @@ async fn config_file_gives_database_and_etcd() {
 
 #[tokio::test]
 async fn library_entry_point_and_scheduled_job_record_and_export_gauges() {
-    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
-        .install_recorder()
-        .expect("installing the Prometheus recorder");
+    // The process's one recorder: only this test drives the etcd job, so the
+    // `rekey_etcd_*` series are its own.
+    let metrics = rekey_integration::metrics::prometheus();
     let etcd = seeded_etcd().await;
     let db = fresh_db().await;
     let dir = tempfile::tempdir().unwrap();
@@ -238,22 +239,19 @@ async fn library_entry_point_and_scheduled_job_record_and_export_gauges() {
         config,
         shutdown.clone(),
     ));
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let n: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM etcd_checks WHERE trigger = 'schedule'")
-                .fetch_one(db.pool())
-                .await
-                .unwrap();
-        if n >= 2 {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the scheduled check did not run"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually(
+        "two scheduled checks recorded",
+        Duration::from_secs(20),
+        async || {
+            let n: i64 =
+                sqlx::query_scalar("SELECT count(*) FROM etcd_checks WHERE trigger = 'schedule'")
+                    .fetch_one(db.pool())
+                    .await
+                    .unwrap();
+            check(n, |&n| n >= 2)
+        },
+    )
+    .await;
     shutdown.cancel();
     tokio::time::timeout(Duration::from_secs(10), task)
         .await
@@ -293,11 +291,20 @@ async fn library_entry_point_and_scheduled_job_record_and_export_gauges() {
         config,
         shutdown.clone(),
     ));
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while !metrics.render().contains("rekey_etcd_check_failures_total") {
-        assert!(tokio::time::Instant::now() < deadline, "no failure counted");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually(
+        "a failed run counted",
+        Duration::from_secs(30),
+        async || {
+            let failures: Vec<String> = metrics
+                .render()
+                .lines()
+                .filter(|l| l.starts_with("rekey_etcd_check_failures_total"))
+                .map(String::from)
+                .collect();
+            check(failures, |f| !f.is_empty())
+        },
+    )
+    .await;
     shutdown.cancel();
     tokio::time::timeout(Duration::from_secs(15), task)
         .await

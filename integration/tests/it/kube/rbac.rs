@@ -8,7 +8,7 @@
 //! refused, and if any permission (role, rule, group, resource, verb) that
 //! `deploy/` grants was never used.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rekey::{
     config::SinkSpec,
@@ -19,6 +19,7 @@ use rekey_integration::{
     bin::{outcome, rekey, run},
     kube::{KubeStandIn, fixtures},
     pg::fresh_db,
+    wait::{check, eventually},
 };
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::json;
@@ -154,33 +155,32 @@ async fn every_request_is_allowed_and_every_permission_is_used() {
     assert_eq!(code, 0, "{err}");
     let id = token.trim().split('.').next().unwrap().to_string();
     k.join_node(token.trim(), "rbac-node").await;
-    let start = Instant::now();
-    while k
-        .get("Secret", "kube-system", &format!("bootstrap-token-{id}"))
-        .is_some()
-    {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "token not revoked"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(
+        "the token to be revoked",
+        Duration::from_secs(10),
+        async || {
+            let secret = k.get("Secret", "kube-system", &format!("bootstrap-token-{id}"));
+            check(
+                secret.map(|s| s["metadata"]["name"].clone()),
+                Option::is_none,
+            )
+        },
+    )
+    .await;
     // The revocation can come from the watcher's initial lists, before its
     // watches are open: stop it only once every watch has been made.
-    while ["secrets", "certificatesigningrequests", "nodes"]
-        .iter()
-        .any(|r| {
-            !k.requests()
-                .iter()
-                .any(|q| q.verb == "watch" && q.resource == *r)
-        })
-    {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "the watcher never opened its watches"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(
+        "the watcher to open its watches",
+        Duration::from_secs(10),
+        async || {
+            let unwatched: Vec<&str> = ["secrets", "certificatesigningrequests", "nodes"]
+                .into_iter()
+                .filter(|r| k.request_count("watch", r) == 0)
+                .collect();
+            check(unwatched, Vec::is_empty)
+        },
+    )
+    .await;
     stop.cancel();
     watcher.await.unwrap().unwrap();
     let (secret, _) = fixtures::bootstrap_secret("cliget", None, None);

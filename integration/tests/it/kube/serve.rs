@@ -9,6 +9,7 @@ use rekey_integration::{
     bin::{outcome, rekey, run},
     kube::{Fault, FaultKind, KubeStandIn, fixtures},
     serve::{Scenario, Server, wait_for},
+    wait::{Text, check, eventually},
 };
 use serde_json::{Value, json};
 
@@ -221,7 +222,8 @@ async fn conflicts_are_retried_and_an_api_outage_is_survived() {
         .count();
     assert_eq!(conflicts, 3);
 
-    // The API goes away for 30 s, across the rotation due at ~15 s.
+    // The API goes away for 30 s, across the rotation due at ~15 s (the
+    // outage's length is the scenario).
     let down_at = Instant::now();
     k.down_for(Duration::from_secs(30));
     std::thread::sleep(Duration::from_secs(30));
@@ -230,6 +232,25 @@ async fn conflicts_are_retried_and_an_api_outage_is_survived() {
         "rekey serve exited during the outage:\n{}",
         server.log()
     );
+    // The rotation was due and tried during the outage (so the Secret below
+    // is unchanged because that attempt failed, not because none was made).
+    eventually(
+        "a rotation attempt to have failed during the outage",
+        Duration::from_secs(10),
+        async || {
+            let failed: i64 =
+                sqlx::query_scalar("SELECT count(*) FROM rotations WHERE status = 'failed'")
+                    .fetch_one(s.db.pool())
+                    .await
+                    .unwrap();
+            if failed >= 1 {
+                Ok(())
+            } else {
+                Err(Text(format!("no failed attempt; log:\n{}", server.log())))
+            }
+        },
+    )
+    .await;
     assert_eq!(
         version_of(&k.get("Secret", "web", "web-tls").unwrap()),
         version_of(&v1)
@@ -246,19 +267,20 @@ async fn conflicts_are_retried_and_an_api_outage_is_survived() {
     assert!(version_of(&v2) > version_of(&v1));
     // The Secret shows v2 as soon as it is published; the commit that
     // records it (and resets the failure count) follows.
-    let committed_by = Instant::now() + Duration::from_secs(15);
-    let failures: i32 = loop {
-        let (current, failures): (Option<i64>, i32) = sqlx::query_as(
-            "SELECT current_version, failures FROM credentials WHERE name = 'cert/web/web-tls'",
-        )
-        .fetch_one(s.db.pool())
-        .await
-        .unwrap();
-        if current >= version_of(&v2) || Instant::now() > committed_by {
-            break failures;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let (_, failures) = eventually(
+        "the commit of v2 (current version, failures)",
+        Duration::from_secs(15),
+        async || {
+            let row: (Option<i64>, i32) = sqlx::query_as(
+                "SELECT current_version, failures FROM credentials WHERE name = 'cert/web/web-tls'",
+            )
+            .fetch_one(s.db.pool())
+            .await
+            .unwrap();
+            check(row, |(current, _)| *current >= version_of(&v2))
+        },
+    )
+    .await;
     assert_eq!(failures, 0, "the rotation completed after the outage");
     let statuses: Vec<(String, Option<String>)> =
         sqlx::query_as("SELECT status, error FROM rotations ORDER BY requested_at")
@@ -375,31 +397,33 @@ async fn service_account_token_rotated_with_exp_and_aud() {
     let old_token = data(&b, "token");
     let audience = vec![rekey_integration::kube::auth::API_AUDIENCE.to_string()];
     assert!(k.authenticate(&data(&b2, "token"), &audience).is_ok());
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while k.get("Secret", "ci", &bound.name).is_some() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the superseded bound token was never retired:\n{}",
-            server.log()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    eventually(
+        "the superseded bound token's Secret to be deleted",
+        Duration::from_secs(20),
+        async || match k.get("Secret", "ci", &bound.name) {
+            None => Ok(()),
+            Some(_) => Err(Text(format!("still there; log:\n{}", server.log()))),
+        },
+    )
+    .await;
     assert!(
         k.authenticate(&old_token, &audience).is_err(),
         "a retired bound token must stop authenticating"
     );
-    let mut status = String::new();
-    for _ in 0..50 {
-        status = sqlx::query_scalar("SELECT status FROM credential_versions WHERE id = $1")
-            .bind(version_of(&b).unwrap())
-            .fetch_one(s.db.pool())
-            .await
-            .unwrap();
-        if status == "revoked" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let status = eventually(
+        "the superseded version to be marked revoked",
+        Duration::from_secs(5),
+        async || {
+            let status: String =
+                sqlx::query_scalar("SELECT status FROM credential_versions WHERE id = $1")
+                    .bind(version_of(&b).unwrap())
+                    .fetch_one(s.db.pool())
+                    .await
+                    .unwrap();
+            check(status, |s| s == "revoked")
+        },
+    )
+    .await;
     assert_eq!(status, "revoked");
     assert!(k.denied().is_empty(), "{:?}", k.denied());
 }

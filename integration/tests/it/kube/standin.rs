@@ -15,7 +15,10 @@ use kube::{
     Api,
     api::{DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams},
 };
-use rekey_integration::kube::{Fault, FaultKind, KubeStandIn};
+use rekey_integration::{
+    kube::{Fault, FaultKind, KubeStandIn},
+    wait::eventually,
+};
 use serde_json::json;
 
 fn secret(name: &str, labels: serde_json::Value) -> Secret {
@@ -432,6 +435,11 @@ async fn faults_and_down_switch() {
     k.down_for(Duration::from_secs(2));
     let e = rekey::k8s::call("get", api.get_opt("x")).await.unwrap_err();
     assert!(e.is_retryable(), "{e}");
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    assert!(api.get_opt("x").await.unwrap().is_none());
+    let back = eventually(
+        "the API to answer again after its 2 s outage",
+        Duration::from_secs(10),
+        async || api.get_opt("x").await.map_err(|e| e.to_string()),
+    )
+    .await;
+    assert!(back.is_none());
 }
