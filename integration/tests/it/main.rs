@@ -25,7 +25,7 @@
 //! sleep before an assertion.
 
 mod api;
-// mod architecture;
+mod architecture;
 mod backup;
 mod crash_points;
 mod deploy;
