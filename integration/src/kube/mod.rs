@@ -26,6 +26,7 @@ pub mod auth;
 pub mod fixtures;
 mod handlers;
 pub mod rbac;
+mod requests;
 pub mod selector;
 pub mod store;
 mod validate;
@@ -40,12 +41,12 @@ use std::{
 
 use base64::{Engine, engine::general_purpose::STANDARD};
 use chrono::Utc;
-use serde::Serialize;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 pub use auth::{SaClaims, UserInfo};
 pub use rbac::Permission;
+pub use requests::RequestRecord;
 use store::{ApiError, ResourceType, World};
 
 /// A fault to inject into matching requests.
@@ -88,29 +89,6 @@ impl Fault {
             remaining: times,
         }
     }
-}
-
-/// One request as the stand-in saw it.
-#[derive(Debug, Clone, Serialize)]
-pub struct RequestRecord {
-    /// Authenticated user name.
-    pub user: String,
-    /// Verb.
-    pub verb: String,
-    /// API group.
-    pub group: String,
-    /// Resource.
-    pub resource: String,
-    /// Subresource.
-    pub subresource: String,
-    /// Namespace.
-    pub namespace: String,
-    /// Object name.
-    pub name: String,
-    /// HTTP status answered.
-    pub code: u16,
-    /// Answered by an injected fault.
-    pub fault: bool,
 }
 
 /// State shared by the handlers and the harness.
@@ -555,21 +533,6 @@ impl KubeStandIn {
     /// Brings the API back now.
     pub fn up(&self) {
         *self.shared.down_until.lock().expect("down") = None;
-    }
-
-    /// Every request answered so far.
-    pub fn requests(&self) -> Vec<RequestRecord> {
-        self.shared.log.lock().expect("log").clone()
-    }
-
-    /// Requests refused by RBAC.
-    pub fn denied(&self) -> Vec<RequestRecord> {
-        self.shared.denied.lock().expect("denied").clone()
-    }
-
-    /// Permissions that allowed some request.
-    pub fn used_permissions(&self) -> BTreeSet<Permission> {
-        self.shared.used.lock().expect("used").clone()
     }
 
     /// Every permission the roles in `deploy/` grant.

@@ -1,0 +1,6 @@
+//! The admin HTTP API end to end.
+
+mod dev;
+mod schemathesis;
+mod server;
+mod token;

@@ -1,0 +1,9 @@
+//! `rekey backup` end to end, and the helpers its tests share ([`util`]).
+
+mod azure;
+mod deploy;
+mod format;
+mod prune;
+mod rewrap;
+mod run;
+pub(crate) mod util;

@@ -1,0 +1,7 @@
+//! etcd encryption at rest end to end, and the etcd harness itself.
+
+mod checks;
+mod harness;
+mod memory;
+mod rotate;
+mod verify;
