@@ -69,7 +69,11 @@ pub fn point(name: &'static str) {
 }
 
 /// Arms the crash point named by `REKEY_CRASH_AT` (debug builds only).
-pub fn arm_from_env() {
+///
+/// `announce` is called with the point's name just before the process
+/// aborts (the binary prints it: tests read it on stderr). An unknown point
+/// or a bad specification is an error naming it.
+pub fn arm_from_env(announce: fn(&str)) -> Result<(), String> {
     #[cfg(debug_assertions)]
     if let Ok(spec) = std::env::var("REKEY_CRASH_AT") {
         let (name, nth) = match spec.split_once('@') {
@@ -77,20 +81,19 @@ pub fn arm_from_env() {
             None => (spec.clone(), 1),
         };
         if !POINTS.iter().any(|(p, _)| *p == name) {
-            eprintln!("REKEY_CRASH_AT: unknown crash point `{name}`");
-            std::process::exit(2);
+            return Err(format!("REKEY_CRASH_AT: unknown crash point `{name}`"));
         }
         let hits = std::sync::atomic::AtomicUsize::new(0);
         let label = name.clone();
-        let armed = fail::cfg_callback(name, move || {
+        fail::cfg_callback(name, move || {
             if hits.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1 == nth {
-                eprintln!("crash point {label}: aborting");
+                announce(&label);
                 std::process::abort();
             }
-        });
-        if let Err(e) = armed {
-            eprintln!("REKEY_CRASH_AT: {e}");
-            std::process::exit(2);
-        }
+        })
+        .map_err(|e| format!("REKEY_CRASH_AT: {e}"))?;
     }
+    #[cfg(not(debug_assertions))]
+    let _ = announce;
+    Ok(())
 }

@@ -2,6 +2,9 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     rekey::install_crypto_provider();
-    rekey::crash::arm_from_env();
+    if let Err(e) = rekey::crash::arm_from_env(|point| eprintln!("crash point {point}: aborting")) {
+        eprintln!("{e}");
+        return ExitCode::from(2);
+    }
     rekey::cli::main()
 }
