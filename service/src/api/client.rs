@@ -14,7 +14,10 @@ use std::{
 use anyhow::Context;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
 
-use super::{inventory::CredentialList, problem::Problem, routes::RotationView};
+use super::{
+    problem::Problem,
+    views::{CredentialList, RotationView},
+};
 use crate::{
     error::{BadInput, ProblemFound},
     store::credentials::{Credential, State},

@@ -26,6 +26,7 @@
 pub mod cli;
 pub mod format;
 pub mod kek;
+pub mod list_page;
 pub mod location;
 pub mod prune;
 pub mod records;

@@ -7,7 +7,9 @@
 pub mod audit;
 pub mod credentials;
 pub mod engine;
+pub mod inventory;
 pub mod listen;
+pub mod paging;
 pub mod rotations;
 pub mod sync;
 

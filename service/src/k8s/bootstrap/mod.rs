@@ -15,6 +15,7 @@
 //! revoked (its Secret deleted, its audit event written) once, whoever asks.
 
 pub mod db;
+pub mod list_page;
 pub mod model;
 
 use std::{
