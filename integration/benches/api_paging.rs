@@ -68,9 +68,19 @@ fn continue_of(body: &[u8]) -> Option<String> {
         .ok()?
 }
 
-/// GET one page; `Some(continue)` if it succeeded.
+/// GET one page of `PAGE`; `Some(continue)` if it succeeded.
 async fn get_page(c: &reqwest::Client, base: &str, token: Option<&str>) -> Option<Option<String>> {
-    let mut req = c.get(base).query(&[("limit", PAGE.to_string())]);
+    get_page_of(c, base, PAGE, token).await
+}
+
+/// GET one page of `limit`; `Some(continue)` if it succeeded.
+async fn get_page_of(
+    c: &reqwest::Client,
+    base: &str,
+    limit: usize,
+    token: Option<&str>,
+) -> Option<Option<String>> {
+    let mut req = c.get(base).query(&[("limit", limit.to_string())]);
     if let Some(t) = token {
         req = req.query(&[("continue", t)]);
     }
@@ -341,6 +351,21 @@ async fn bench(secs: u64) {
     }
     let walk = t.elapsed();
     assert_eq!(tokens.len(), CREDENTIALS as usize / PAGE, "pages");
+    // The whole inventory as `rekey status --server` fetches it: pages of 500.
+    let t = Instant::now();
+    let status_client = pki.client_with_pool(Some((cert.clone(), key.clone())), usize::MAX);
+    let mut next = None;
+    let mut status_pages = 0;
+    loop {
+        next = get_page_of(&status_client, &tls_url, 500, next.as_deref())
+            .await
+            .expect("page");
+        status_pages += 1;
+        if next.is_none() {
+            break;
+        }
+    }
+    let status_walk = t.elapsed();
     // A first page for every ten pages elsewhere.
     let mut starts: Vec<Option<String>> = vec![None; tokens.len() / 10];
     starts.extend(tokens.iter().skip(1).cloned());
@@ -371,6 +396,19 @@ async fn bench(secs: u64) {
         explain.push(format!("after `{after}`: {exec} ({scan})"));
     }
 
+    // What the unpaged list's rendered-body cache checked on every request
+    // (row count and sum of xmin), at this size: a whole-table scan.
+    let t = Instant::now();
+    for _ in 0..10 {
+        let _: (i64, i64) = sqlx::query_as(
+            "SELECT count(*), coalesce(sum(xmin::text::bigint), 0)::bigint FROM credentials",
+        )
+        .fetch_one(db.pool())
+        .await
+        .expect("version");
+    }
+    let version_check = t.elapsed() / 10;
+
     println!(
         "\napi_paging: {CREDENTIALS} credentials (inserted and analysed in {:.1} s), {CLIENTS} clients, \
          limit={PAGE}, {secs} s per row, release build, {} cores\n",
@@ -392,6 +430,14 @@ async fn bench(secs: u64) {
         tokens.len(),
         walk.as_secs_f64(),
         walk.as_secs_f64() * 1e3 / tokens.len() as f64
+    );
+    println!(
+        "one fresh client fetching all {status_pages} pages of 500 over mTLS (the whole inventory): {:.2} s",
+        status_walk.as_secs_f64()
+    );
+    println!(
+        "the former whole-list cache's change check (count + sum of xmin) at this size: {:.1} ms",
+        version_check.as_secs_f64() * 1e3
     );
     for e in &explain {
         println!("page query in Postgres, {e}");
