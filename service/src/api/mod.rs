@@ -23,9 +23,11 @@
 //! - [`client`]: the HTTP client behind `rekey rotate` and `rekey status --server`.
 //! - [`dev`]: certificates for `rekey dev`.
 //!
-//! Dependencies point one way: `router` → `handlers` → (`authz`, `extract`,
-//! `paging`, `views`) → `context` → (`config`, `state`, `auth`); this file
-//! only declares and re-exports.
+//! Dependencies point one way: `server` → `router` → `handlers` → (`extract`,
+//! `paging`, `views`, `metrics`, `context`) → (`config`, `state`, `auth`,
+//! `problem`); `authz` adds the authorize/audit methods to `context::Inner`,
+//! so no handler imports it; `openapi` reads the handlers' annotations. This
+//! file only declares and re-exports: no child imports it.
 //!
 //! "Rotate now" never rotates here: it queues a manual rotation with
 //! [`crate::store::Store::request_rotation`] and the engine runs it through
