@@ -385,7 +385,7 @@ pub fn api_request(data: &[u8]) {
         http::{HeaderMap, HeaderValue, Uri, header},
     };
 
-    use crate::api::{auth, problem::HttpError, routes};
+    use crate::api::{auth, extract, middleware, problem::HttpError, views};
 
     let mut parts = data.splitn(4, |&b| b == b'\n');
     let uri = parts.next().unwrap_or_default();
@@ -394,11 +394,11 @@ pub fn api_request(data: &[u8]) {
     let body = parts.next().unwrap_or_default();
 
     if let Ok(uri) = Uri::try_from(uri) {
-        if let Ok(Query(q)) = Query::<routes::AuditQuery>::try_from_uri(&uri) {
+        if let Ok(Query(q)) = Query::<views::AuditQuery>::try_from_uri(&uri) {
             let _ = (q.actor, q.action, q.target, q.after, q.limit);
         }
-        let _ = Query::<routes::RotateQuery>::try_from_uri(&uri);
-        let _ = Query::<routes::BackupsQuery>::try_from_uri(&uri);
+        let _ = Query::<views::RotateQuery>::try_from_uri(&uri);
+        let _ = Query::<views::BackupsQuery>::try_from_uri(&uri);
     }
 
     let mut headers = HeaderMap::new();
@@ -406,14 +406,14 @@ pub fn api_request(data: &[u8]) {
         headers.insert(header::CONTENT_TYPE, v);
     }
     let body = Bytes::copy_from_slice(body);
-    match routes::parse_body::<routes::RotateRequest>(&headers, &body) {
+    match extract::parse_body::<views::RotateRequest>(&headers, &body) {
         Ok(None) => assert!(
             body.iter().all(u8::is_ascii_whitespace),
             "a non-empty body read as no body"
         ),
         Ok(Some(request)) => {
             // What was accepted survives a round trip unchanged.
-            let again: routes::RotateRequest =
+            let again: views::RotateRequest =
                 serde_json::from_slice(&serde_json::to_vec(&request).expect("serialises"))
                     .expect("re-parses");
             assert_eq!(again.reason, request.reason);
@@ -435,7 +435,7 @@ pub fn api_request(data: &[u8]) {
                 "a bearer token shown by Debug"
             );
         }
-        if routes::valid_request_id(text) {
+        if middleware::valid_request_id(text) {
             assert!(text.len() <= 128 && !text.contains(['\r', '\n', ' ']));
         }
     }

@@ -26,7 +26,7 @@ use k8s_openapi::api::{
 use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
 
-use super::{Role, RoleMapping};
+use super::config::{Role, RoleMapping};
 
 /// The API group of the RBAC attributes bearer callers are checked against.
 pub const RBAC_GROUP: &str = "rekey.io";

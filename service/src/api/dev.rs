@@ -15,7 +15,7 @@ use std::{
 use chrono::{DateTime, TimeDelta, Utc};
 use secrecy::ExposeSecret;
 
-use super::{ApiConfig, Role, RoleMapping};
+use super::config::{ApiConfig, Role, RoleMapping};
 use crate::{
     issue::{CertAuthority, IssueError},
     issue::{CertificateSpec, KeyType, Usage},

@@ -7,357 +7,50 @@
 //!                                 (role | SubjectAccessReview) ─► act through the Store ─► audit
 //! ```
 //!
+//! - [`config`]: the `[api]` section and its roles; [`state`]: what the wiring
+//!   hands the API; [`error`]: why it could not start.
 //! - [`server`]: TLS configuration, the accept loop, the plain-HTTP metrics listener.
-//! - [`routes`]: the router, handlers and the OpenAPI document (utoipa).
-//! - [`inventory`]: the credential list, rendered once per change of the table.
-//! - [`auth`]: identities, roles, actions, TokenReview/SubjectAccessReview.
-//! - [`problem`]: RFC 9457 errors with stable types.
+//! - [`router`]: the routes and their layers; [`middleware`]: request id,
+//!   problem rendering, in-flight limit; [`extract`]: path, query, caller
+//!   facts, JSON bodies.
+//! - [`authz`]: authenticate, authorize and audit each call ([`auth`]: identities,
+//!   roles, actions, TokenReview/SubjectAccessReview).
+//! - [`handlers`]: one file per area (credentials, rotations, bootstrap
+//!   tokens, etcd, backups, audit, health); [`views`]: their request and
+//!   response types; [`paging`]: `?limit` and `continue` tokens.
+//! - [`metrics`]: `/metrics` with the inventory gauges; [`openapi`]: `/openapi.json`.
+//! - [`problem`]: RFC 9457 errors with stable types; internal causes are logged, never sent.
 //! - [`dev`]: certificates for `rekey dev`.
+//!
+//! Dependencies point one way: `server` → `router` → `handlers` → (`extract`,
+//! `paging`, `views`, `metrics`, `context`) → (`config`, `state`, `auth`,
+//! `problem`); `authz` adds the authorize/audit methods to `context::Inner`,
+//! so no handler imports it; `openapi` reads the handlers' annotations. This
+//! file only declares and re-exports: no child imports it.
 //!
 //! "Rotate now" never rotates here: it queues a manual rotation with
 //! [`crate::store::Store::request_rotation`] and the engine runs it through
 //! the same state machine as a scheduled one.
 
 pub mod auth;
+mod authz;
+pub mod config;
+mod context;
 pub mod dev;
-pub mod inventory;
+pub mod error;
+pub mod extract;
+pub mod handlers;
+pub mod metrics;
+pub mod middleware;
+pub mod openapi;
+pub mod paging;
 pub mod problem;
-pub mod routes;
+pub mod router;
 pub mod server;
+pub mod state;
+pub mod views;
 
-use std::{net::SocketAddr, path::PathBuf, sync::Arc};
-
-use metrics_exporter_prometheus::PrometheusHandle;
-use serde::{Deserialize, Serialize};
-use tokio::sync::watch;
-
-use crate::{
-    store::Store,
-    units::{ByteSize, HumanDuration},
-};
-
+pub use config::{ApiConfig, Role, RoleMapping};
+pub use error::ApiError;
 pub use server::{Running, serve, start};
-
-/// `[api]`
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct ApiConfig {
-    /// Listen address, e.g. `0.0.0.0:8443`.
-    pub listen: String,
-    /// Server certificate (PEM).
-    pub tls_cert: Option<PathBuf>,
-    /// Server key (PEM).
-    pub tls_key: Option<PathBuf>,
-    /// CA that client certificates must chain to.
-    pub client_ca: Option<PathBuf>,
-    /// Role of each client certificate subject.
-    #[serde(default)]
-    pub roles: Vec<RoleMapping>,
-    /// Serve plain HTTP without TLS (development only; logged loudly).
-    #[serde(default)]
-    pub insecure_plain_http: bool,
-    /// Also accept `Authorization: Bearer` ServiceAccount tokens, verified with
-    /// TokenReview and authorized per action with SubjectAccessReview
-    /// (API group `rekey.io`). Client certificates become optional on the handshake.
-    #[serde(default)]
-    pub token_review: bool,
-    /// Audiences a bearer token must be issued for (TokenReview `spec.audiences`).
-    #[serde(default)]
-    pub token_audiences: Vec<String>,
-    /// Largest request body accepted (413 above).
-    #[serde(default = "default_max_body")]
-    pub max_body_size: ByteSize,
-    /// Longest a request may take (503 after).
-    #[serde(default = "default_request_timeout")]
-    pub request_timeout: HumanDuration,
-    /// Longest `?wait=true` waits for a rotation before answering 202 anyway.
-    #[serde(default = "default_wait_timeout")]
-    pub wait_timeout: HumanDuration,
-    /// Requests handled at once; more are refused with 503.
-    #[serde(default = "default_max_requests")]
-    pub max_concurrent_requests: usize,
-    /// Open connections at once; more are closed on accept.
-    #[serde(default = "default_max_connections")]
-    pub max_connections: usize,
-}
-
-fn default_max_body() -> ByteSize {
-    ByteSize(64 << 10)
-}
-fn default_request_timeout() -> HumanDuration {
-    std::time::Duration::from_secs(60).into()
-}
-fn default_wait_timeout() -> HumanDuration {
-    std::time::Duration::from_secs(50).into()
-}
-fn default_max_requests() -> usize {
-    512
-}
-fn default_max_connections() -> usize {
-    4096
-}
-
-impl ApiConfig {
-    /// A config for `listen` with every limit at its default (no TLS files).
-    pub fn new(listen: impl Into<String>) -> Self {
-        Self {
-            listen: listen.into(),
-            tls_cert: None,
-            tls_key: None,
-            client_ca: None,
-            roles: Vec::new(),
-            insecure_plain_http: false,
-            token_review: false,
-            token_audiences: Vec::new(),
-            max_body_size: default_max_body(),
-            request_timeout: default_request_timeout(),
-            wait_timeout: default_wait_timeout(),
-            max_concurrent_requests: default_max_requests(),
-            max_connections: default_max_connections(),
-        }
-    }
-}
-
-/// Maps a client certificate subject to a role.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct RoleMapping {
-    /// The subject's common name.
-    pub subject_cn: String,
-    /// `viewer`, `operator` or `admin`.
-    pub role: Role,
-}
-
-/// What a caller may do; each role includes the ones before it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    /// Read inventory, rotations, audit.
-    Viewer,
-    /// Also rotate now and revoke tokens.
-    Operator,
-    /// Everything.
-    Admin,
-}
-
-impl Role {
-    /// The spelling in config and messages.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Viewer => "viewer",
-            Self::Operator => "operator",
-            Self::Admin => "admin",
-        }
-    }
-}
-
-impl ApiConfig {
-    /// Checks field values; errors are `(field, message)`.
-    pub fn validate(&self) -> Result<(), (String, String)> {
-        if self.listen.parse::<std::net::SocketAddr>().is_err() {
-            return Err((
-                "listen".into(),
-                format!("`{}` is not an address like 0.0.0.0:8443", self.listen),
-            ));
-        }
-        if !self.insecure_plain_http {
-            for (f, v) in [
-                ("tls_cert", &self.tls_cert),
-                ("tls_key", &self.tls_key),
-                ("client_ca", &self.client_ca),
-            ] {
-                if v.is_none() {
-                    return Err((
-                        f.into(),
-                        "required unless insecure_plain_http = true".into(),
-                    ));
-                }
-            }
-        }
-        for (i, r) in self.roles.iter().enumerate() {
-            if r.subject_cn.trim().is_empty() {
-                return Err((format!("roles[{i}].subject_cn"), "must not be empty".into()));
-            }
-        }
-        if self.max_body_size.0 < 1024 {
-            return Err((
-                "max_body_size".into(),
-                format!("{} is too small (at least 1KiB)", self.max_body_size),
-            ));
-        }
-        if self.request_timeout.get().as_millis() < 100 {
-            return Err(("request_timeout".into(), "must be at least 100ms".into()));
-        }
-        if self.wait_timeout >= self.request_timeout {
-            return Err((
-                "wait_timeout".into(),
-                format!(
-                    "{} must be shorter than request_timeout ({})",
-                    self.wait_timeout, self.request_timeout
-                ),
-            ));
-        }
-        if self.max_concurrent_requests == 0 {
-            return Err((
-                "max_concurrent_requests".into(),
-                "must be at least 1".into(),
-            ));
-        }
-        if self.max_connections == 0 {
-            return Err(("max_connections".into(), "must be at least 1".into()));
-        }
-        Ok(())
-    }
-
-    /// Makes relative file paths relative to the config file's directory.
-    pub fn resolve_paths(&mut self, base: &std::path::Path) {
-        for p in [&mut self.tls_cert, &mut self.tls_key, &mut self.client_ca]
-            .into_iter()
-            .flatten()
-        {
-            if p.is_relative() && !p.as_os_str().is_empty() {
-                *p = base.join(&*p);
-            }
-        }
-    }
-}
-
-/// Errors starting or running the API servers.
-#[derive(Debug, thiserror::Error)]
-pub enum ApiError {
-    /// A TLS file is missing or unusable.
-    #[error("api.{field}: {}: {message}", path.display())]
-    TlsFile {
-        /// The config field.
-        field: &'static str,
-        /// The file.
-        path: PathBuf,
-        /// What is wrong.
-        message: String,
-    },
-    /// rustls refused the configuration.
-    #[error("api: TLS configuration: {0}")]
-    Tls(String),
-    /// A required field is missing.
-    #[error("api.{0}: required unless insecure_plain_http = true")]
-    Missing(&'static str),
-    /// The listen address is not an address.
-    #[error("{field}: `{value}` is not an address like 0.0.0.0:8443")]
-    BadListen {
-        /// `api.listen` or `metrics.listen`.
-        field: &'static str,
-        /// What was given.
-        value: String,
-    },
-    /// Binding failed (port in use, permission).
-    #[error("cannot listen on {addr} ({field}): {source}")]
-    Bind {
-        /// `api.listen` or `metrics.listen`.
-        field: &'static str,
-        /// The address.
-        addr: SocketAddr,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// Token review is on but no Kubernetes client was given.
-    #[error(
-        "api.token_review = true needs a Kubernetes client (in-cluster config or [kubernetes].kubeconfig)"
-    )]
-    NoKubeClient,
-    /// A server task failed.
-    #[error("admin API server: {0}")]
-    Server(String),
-}
-
-/// Everything the handlers share.
-#[derive(Clone)]
-pub struct ApiState {
-    /// The inventory.
-    pub store: Store,
-    /// True while the rotation engine runs (for `/readyz`).
-    pub engine_alive: watch::Receiver<bool>,
-    /// Renders the process's metrics (see [`crate::telemetry::install_metrics_recorder`]).
-    pub metrics: PrometheusHandle,
-    /// The Kubernetes client: TokenReview/SubjectAccessReview (needed when
-    /// `token_review = true`) and bootstrap-token revocation.
-    pub kube: Option<kube::Client>,
-    /// Capabilities the API exposes when their modules provide them.
-    pub capabilities: Arc<Capabilities>,
-}
-
-impl std::fmt::Debug for ApiState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ApiState")
-            .field("kube", &self.kube.is_some())
-            .finish_non_exhaustive()
-    }
-}
-
-/// Configuration of the jobs some endpoints run (etcd verification, backups).
-#[derive(Debug, Clone, Default)]
-pub struct Capabilities {
-    /// `[etcd]`, for `POST /v1/etcd/verify`.
-    pub etcd: Option<crate::etcd::EtcdConfig>,
-    /// `[backup]`, for `GET`/`POST /v1/backups`.
-    pub backup: Option<crate::backup::BackupConfig>,
-    /// `[bootstrap_tokens]`, for `POST /v1/bootstrap-tokens/{id}/revoke`.
-    pub bootstrap_tokens: Option<crate::k8s::BootstrapTokensConfig>,
-}
-
-impl ApiError {
-    /// True when the configuration (not the environment) is at fault: exit code 2.
-    pub fn is_bad_input(&self) -> bool {
-        matches!(
-            self,
-            Self::TlsFile { .. }
-                | Self::Tls(_)
-                | Self::Missing(_)
-                | Self::BadListen { .. }
-                | Self::NoKubeClient
-        )
-    }
-}
-
-impl ApiState {
-    /// State for `store` with the engine reported as running by `engine_alive`.
-    pub fn new(store: Store, engine_alive: watch::Receiver<bool>) -> Self {
-        Self {
-            store,
-            engine_alive,
-            metrics: crate::telemetry::install_metrics_recorder(),
-            kube: None,
-            capabilities: Arc::default(),
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn config_checks_name_the_field() {
-        let mut c = ApiConfig::new("127.0.0.1:8443");
-        assert_eq!(c.validate().unwrap_err().0, "tls_cert");
-        c.insecure_plain_http = true;
-        c.validate().unwrap();
-        c.wait_timeout = std::time::Duration::from_secs(600).into();
-        assert_eq!(c.validate().unwrap_err().0, "wait_timeout");
-        c.wait_timeout = default_wait_timeout();
-        c.max_body_size = ByteSize(10);
-        assert_eq!(c.validate().unwrap_err().0, "max_body_size");
-        c.max_body_size = default_max_body();
-        c.listen = "nope".into();
-        assert_eq!(c.validate().unwrap_err().0, "listen");
-    }
-
-    #[test]
-    fn relative_paths_follow_the_config_file() {
-        let mut c = ApiConfig::new("127.0.0.1:8443");
-        c.tls_cert = Some("tls/tls.crt".into());
-        c.client_ca = Some("/abs/ca.crt".into());
-        c.resolve_paths(std::path::Path::new("/etc/rekey"));
-        assert_eq!(c.tls_cert.unwrap(), PathBuf::from("/etc/rekey/tls/tls.crt"));
-        assert_eq!(c.client_ca.unwrap(), PathBuf::from("/abs/ca.crt"));
-    }
-}
+pub use state::{ApiState, Capabilities};

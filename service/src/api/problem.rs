@@ -208,6 +208,14 @@ impl HttpError {
         }
     }
 
+    /// "Try again later" because something outside failed (Kubernetes, etcd):
+    /// the cause is logged (with the request id, from the request's span),
+    /// the caller gets `public` only.
+    pub fn unavailable(public: &str, cause: impl std::fmt::Display) -> Self {
+        tracing::warn!(error = %cause, "{public}");
+        Self::Unavailable(public.to_string())
+    }
+
     /// The problem type.
     pub fn kind(&self) -> ProblemType {
         match self {
@@ -260,6 +268,18 @@ mod tests {
         assert_eq!(p.status, 500);
         assert_eq!(p.type_, "urn:rekey:problem:internal");
         assert!(!serde_json::to_string(&p).unwrap().contains("hunter2"));
+    }
+
+    #[test]
+    fn unavailable_keeps_the_cause_out_of_the_problem() {
+        let e = HttpError::unavailable(
+            "etcd could not be read; see the server log for this request id",
+            "dial tcp 10.0.0.7:2379: connection refused",
+        );
+        let p = e.problem();
+        assert_eq!(p.status, 503);
+        assert_eq!(p.type_, "urn:rekey:problem:unavailable");
+        assert!(!serde_json::to_string(&p).unwrap().contains("10.0.0.7"));
     }
 
     #[test]

@@ -24,7 +24,7 @@ use tokio::{net::TcpListener, sync::Semaphore, task::JoinHandle};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
-use super::{ApiConfig, ApiError, ApiState, auth::PeerInfo, routes};
+use super::{auth::PeerInfo, config::ApiConfig, error::ApiError, router, state::ApiState};
 
 /// A client has this long to finish the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -95,7 +95,7 @@ pub async fn start(
             .local_addr()
             .map_err(|e| ApiError::Server(e.to_string()))?;
         api_addr = Some(addr);
-        let app = routes::router(state.clone(), config, shutdown.clone())?;
+        let app = router::router(state.clone(), config, shutdown.clone())?;
         let scheme = if tls.is_some() { "https" } else { "http" };
         tracing::info!(
             "admin API listening on {scheme}://{addr} (client certificates {})",
@@ -127,7 +127,7 @@ pub async fn start(
         tasks.push(tokio::spawn(accept_loop(
             listener,
             None,
-            routes::metrics_router(state),
+            router::metrics_router(state),
             Arc::new(Semaphore::new(256)),
             shutdown.clone(),
         )));

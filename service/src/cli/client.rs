@@ -21,7 +21,10 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
 use serde::Deserialize;
 
 use crate::{
-    api::{inventory::CredentialSummary, problem::Problem, routes::RotationView},
+    api::{
+        problem::Problem,
+        views::{CredentialSummary, RotationView},
+    },
     error::BadInput,
 };
 

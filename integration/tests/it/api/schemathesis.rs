@@ -63,7 +63,7 @@ async fn schemathesis_finds_no_server_errors_or_schema_violations() {
     std::fs::write(&schema, doc).unwrap();
     // Endpoints whose capability is not wired in this build answer 501 by
     // design (and document it): fuzz them for conformance, but a 501 is not a failure.
-    let not_landed: Vec<String> = rekey::api::routes::NOT_WIRED
+    let not_landed: Vec<String> = rekey::api::router::NOT_WIRED
         .iter()
         .map(|s| s.to_string())
         .collect();

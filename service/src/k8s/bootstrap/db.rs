@@ -338,3 +338,37 @@ pub async fn finish_revocation(store: &Store, id: &str, actor: &str) -> Result<b
     tx.commit().await?;
     Ok(true)
 }
+
+// Keyset pages of `bootstrap_tokens` (by id) with their joins, for
+// `GET /v1/bootstrap-tokens`: each page starts after the last id of the
+// previous one, so tokens recorded between two requests neither repeat nor
+// hide others.
+
+/// At most `limit` tokens by id, starting after the id `after`.
+pub async fn tokens_page(
+    store: &Store,
+    after: Option<&str>,
+    limit: i64,
+) -> Result<Vec<TokenRow>, StoreError> {
+    let sql = format!(
+        "SELECT {TOKEN_COLUMNS} FROM bootstrap_tokens
+         WHERE $1::text IS NULL OR id > $1 ORDER BY id LIMIT $2"
+    );
+    Ok(sqlx::query_as::<_, TokenRow>(sqlx::AssertSqlSafe(sql))
+        .bind(after)
+        .bind(limit.max(1))
+        .fetch_all(store.pool())
+        .await?)
+}
+
+/// The joins of the tokens `ids`, oldest first.
+pub async fn joins_of(store: &Store, ids: &[String]) -> Result<Vec<JoinRow>, StoreError> {
+    let sql = format!(
+        "SELECT {JOIN_COLUMNS} FROM bootstrap_token_joins WHERE token_id = ANY($1)
+         ORDER BY recorded_at, csr_name"
+    );
+    Ok(sqlx::query_as::<_, JoinRow>(sqlx::AssertSqlSafe(sql))
+        .bind(ids)
+        .fetch_all(store.pool())
+        .await?)
+}

@@ -1,0 +1,77 @@
+//! `POST /v1/etcd/verify`: check the EncryptionConfiguration and scan etcd
+//! (as `rekey etcd verify --json`), recorded in `etcd_checks` and audited.
+
+use axum::{
+    Json,
+    body::Bytes,
+    extract::State,
+    http::HeaderMap,
+    response::{IntoResponse, Response},
+};
+
+use crate::api::{
+    auth::Action,
+    context::Shared,
+    extract::{Req, parse_body},
+    problem::{HttpError, Problem},
+};
+
+#[utoipa::path(post, path = "/v1/etcd/verify", tag = "etcd",
+    request_body(content = Option<Object>, content_type = "application/json",
+        description = "Optional overrides of [etcd]: `prefix`, `resource`, `sample`, `max_listed`"),
+    responses(
+        (status = 200, description = "The verification report (as `rekey etcd verify --json`); `exit_code` 1 when problems were found", body = Object),
+        (status = 415, description = "The body is not JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 501, description = "[etcd] endpoints and encryption_config are not configured on this server", body = Problem, content_type = "application/problem+json")))]
+pub async fn verify_etcd(
+    State(s): State<Shared>,
+    req: Req,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, HttpError> {
+    let action = Action::VerifyEtcd;
+    let parsed = parse_body::<crate::etcd::verify::VerifyRequest>(&headers, &body);
+    let caller = s.authorize(&req, action, None, None).await?;
+    let result = async {
+        let request = parsed?.unwrap_or_default();
+        let opts = s
+            .api
+            .capabilities
+            .etcd
+            .as_ref()
+            .and_then(crate::etcd::VerifyOptions::from_config)
+            .ok_or_else(|| {
+                HttpError::NotImplemented(
+                    "etcd verification is not configured on this server: set [etcd] endpoints and encryption_config".into(),
+                )
+            })?;
+        let opts = request
+            .apply(opts)
+            .map_err(|(field, msg)| HttpError::BadRequest(format!("{field}: {msg}")))?;
+        let store = s.api.store.clone();
+        // Run to the end even if the caller goes away: the check is recorded.
+        let (report, check_id) = tokio::spawn(async move {
+            crate::etcd::verify::verify_and_record(
+                &opts,
+                Some(&store),
+                crate::etcd::db::Trigger::Api,
+            )
+            .await
+        })
+        .await
+        .map_err(|e| HttpError::internal("the verification task failed", e))?
+        .map_err(|e| match e {
+            crate::etcd::VerifyError::Connect(_) | crate::etcd::VerifyError::Scan(_) => {
+                HttpError::unavailable(
+                    "etcd could not be read; see the server log for this request id",
+                    e,
+                )
+            }
+            e => HttpError::internal("the verification could not run", e),
+        })?;
+        let details = serde_json::json!({ "check_id": check_id, "exit_code": report.exit_code });
+        Ok((Json(report).into_response(), details))
+    }
+    .await;
+    s.audit(&req, &caller, action, "etcd", None, result).await
+}

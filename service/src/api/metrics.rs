@@ -1,0 +1,190 @@
+//! `/metrics`: the process's metrics (the Prometheus recorder) plus gauges
+//! read from Postgres at scrape time, rendered by hand: each credential's
+//! validity, next rotation and failures, and the newest completed backup.
+//! Every replica exports the same values.
+
+use std::time::Duration;
+
+use axum::{
+    http::{HeaderValue, header},
+    response::{IntoResponse, Response},
+};
+use chrono::{DateTime, Utc};
+
+use super::state::ApiState;
+use crate::store::credentials::Credential;
+
+/// A scrape gives the database this long for the gauges (they are left out after).
+const SCRAPE_DB_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The recorder's text plus the gauges (those the database answered in time).
+pub async fn metrics_response(state: &ApiState) -> Response {
+    state.metrics.run_upkeep();
+    let mut text = state.metrics.render();
+    match tokio::time::timeout(SCRAPE_DB_TIMEOUT, state.store.list_credentials()).await {
+        Ok(Ok(creds)) => text.push_str(&credential_gauges(&creds)),
+        Ok(Err(e)) => tracing::warn!(error = %e, "credential gauges left out of /metrics"),
+        Err(_) => tracing::warn!(
+            "credential gauges left out of /metrics: the database did not answer in time"
+        ),
+    }
+    match tokio::time::timeout(
+        SCRAPE_DB_TIMEOUT,
+        crate::backup::db::latest_completed_at(&state.store),
+    )
+    .await
+    {
+        Ok(Ok(at)) => text.push_str(&backup_gauge(at)),
+        Ok(Err(e)) => tracing::warn!(error = %e, "backup gauge left out of /metrics"),
+        Err(_) => {
+            tracing::warn!("backup gauge left out of /metrics: the database did not answer in time")
+        }
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        )],
+        text,
+    )
+        .into_response()
+}
+
+fn escape_label(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    for c in v.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// `rekey_credential_not_after_seconds`, `rekey_credential_not_before_seconds`,
+/// `rekey_credential_next_rotation_seconds` and
+/// `rekey_credential_rotation_failures`, straight from the inventory at scrape
+/// time (a removed credential disappears at once). Every replica exports the
+/// same values: alerts aggregate with `min`/`max by (name, kind)`.
+pub fn credential_gauges(creds: &[Credential]) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    for (metric, help, pick) in [
+        (
+            "rekey_credential_not_after_seconds",
+            "End of validity of each credential's current version (Unix time).",
+            (|c: &Credential| c.not_after.map(|t| t.timestamp())) as fn(&Credential) -> Option<i64>,
+        ),
+        (
+            "rekey_credential_not_before_seconds",
+            "Start of validity of each credential's current version (Unix time); with not_after, its lifetime.",
+            |c: &Credential| c.not_before.map(|t| t.timestamp()),
+        ),
+        (
+            "rekey_credential_next_rotation_seconds",
+            "When the engine will rotate each credential next (Unix time).",
+            |c: &Credential| c.next_rotation_at.map(|t| t.timestamp()),
+        ),
+        (
+            "rekey_credential_rotation_failures",
+            "Consecutive failed rotation attempts of each credential rekey rotates (0 after a success).",
+            |c: &Credential| c.managed.then_some(i64::from(c.failures)),
+        ),
+    ] {
+        let _ = writeln!(out, "# HELP {metric} {help}");
+        let _ = writeln!(out, "# TYPE {metric} gauge");
+        for c in creds {
+            if let Some(v) = pick(c) {
+                let _ = writeln!(
+                    out,
+                    "{metric}{{name=\"{}\",kind=\"{}\"}} {v}",
+                    escape_label(&c.name),
+                    escape_label(&c.kind),
+                );
+            }
+        }
+    }
+    out
+}
+
+/// `rekey_backup_latest_completed_timestamp_seconds` from the `backups` table
+/// (nothing before the first completed backup).
+pub fn backup_gauge(latest: Option<DateTime<Utc>>) -> String {
+    let metric = "rekey_backup_latest_completed_timestamp_seconds";
+    match latest {
+        Some(t) => format!(
+            "# HELP {metric} When the newest completed etcd backup recorded in Postgres finished, whoever took it (Unix time).\n\
+             # TYPE {metric} gauge\n{metric} {}\n",
+            t.timestamp()
+        ),
+        None => String::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gauges_escape_labels_and_skip_unknown_times() {
+        let now = DateTime::from_timestamp(1_700_000_000, 0).unwrap();
+        let c = |name: &str, not_after| Credential {
+            id: 1,
+            name: name.into(),
+            kind: "certificate".into(),
+            source: "config".into(),
+            managed: true,
+            spec: serde_json::json!({}),
+            sink: serde_json::json!({}),
+            schedule: None,
+            not_before: None,
+            not_after,
+            current_version: None,
+            next_rotation_at: Some(now),
+            next_rotation_reason: None,
+            failures: 0,
+            last_error: None,
+            lease_owner: None,
+            created_at: now,
+            updated_at: now,
+        };
+        let mut issued = c("cert/a\"b", Some(now));
+        issued.not_before = Some(now - chrono::TimeDelta::hours(1));
+        issued.failures = 2;
+        let text = credential_gauges(&[issued, c("cert/pending", None)]);
+        assert!(text.contains(
+            "rekey_credential_not_before_seconds{name=\"cert/a\\\"b\",kind=\"certificate\"} 1699996400"
+        ), "{text}");
+        assert!(
+            text.contains(
+                "rekey_credential_rotation_failures{name=\"cert/a\\\"b\",kind=\"certificate\"} 2"
+            ),
+            "{text}"
+        );
+        assert!(text.contains(
+            "rekey_credential_not_after_seconds{name=\"cert/a\\\"b\",kind=\"certificate\"} 1700000000"
+        ), "{text}");
+        assert!(!text.contains("rekey_credential_not_after_seconds{name=\"cert/pending\""));
+        assert!(text.contains(
+            "rekey_credential_next_rotation_seconds{name=\"cert/pending\",kind=\"certificate\"} 1700000000"
+        ));
+        assert!(text.contains(
+            "rekey_credential_rotation_failures{name=\"cert/pending\",kind=\"certificate\"} 0"
+        ));
+        assert!(!text.contains("rekey_credential_not_before_seconds{name=\"cert/pending\""));
+    }
+
+    #[test]
+    fn backup_gauge_only_after_a_backup() {
+        assert_eq!(backup_gauge(None), "");
+        let at = DateTime::from_timestamp(1_700_000_000, 0).unwrap();
+        let text = backup_gauge(Some(at));
+        assert!(
+            text.ends_with("\nrekey_backup_latest_completed_timestamp_seconds 1700000000\n"),
+            "{text}"
+        );
+        assert!(text.contains("# TYPE rekey_backup_latest_completed_timestamp_seconds gauge\n"));
+    }
+}
