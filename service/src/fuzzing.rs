@@ -1,5 +1,5 @@
 //! Bodies of the fuzz targets, shared by `fuzz/` (cargo-fuzz, libFuzzer) and
-//! the corpus replay test (`integration/tests/fuzz_corpus_replay.rs`), so the
+//! the corpus replay test (`integration/tests/it/fuzz_corpus_replay.rs`), so the
 //! two can never drift apart.
 //!
 //! ```text

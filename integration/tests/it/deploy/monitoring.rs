@@ -148,7 +148,7 @@ fn alerts_use_only_metrics_the_service_exports() {
                 continue;
             }
             // Recorded with metrics::{gauge,counter,histogram}!("NAME", ...) or
-            // rendered at scrape time from Postgres ("NAME" in api/routes.rs).
+            // rendered at scrape time from Postgres ("NAME" in api/metrics.rs).
             let quoted = format!("\"{metric}\"");
             let defining: Vec<&(PathBuf, String)> = sources
                 .iter()
