@@ -107,16 +107,10 @@ log "cargo fetch --locked"
 cargo fetch --locked
 log "cargo fmt --check"
 cargo fmt --all -- --check
-log "cargo clippy"
-cargo clippy --workspace --all-targets -- -D warnings
-# --- dependency audit: cargo-deny against the offline advisory database -----
+
+# cargo-deny's offline advisory database: checked before anything is built.
 # Policy in deny.toml. CI runs from a clone next to shared/, so the database is
 # found relative to the repository; nothing is fetched.
-deny_version=0.20.2
-if [ "$(cargo deny --version 2>/dev/null)" != "cargo-deny $deny_version" ]; then
-  log "installing cargo-deny $deny_version"
-  cargo install --locked "cargo-deny@$deny_version"
-fi
 advisory_src="$(git rev-parse --show-toplevel)/../shared/advisory-db"
 if [ ! -f "$advisory_src/SOURCE" ] || [ ! -d "$advisory_src/crates" ]; then
   echo "error: no RustSec advisory database at $advisory_src" >&2
@@ -137,32 +131,57 @@ if ! cmp -s "$advisory_src/SOURCE" "$advisory_db/SOURCE" || [ ! -d "$advisory_db
   git -C "$advisory_db" add -A
   git -C "$advisory_db" -c user.name=rekey -c user.email=rekey@invalid commit -qm "offline copy of shared/advisory-db"
 fi
-log "cargo deny check advisories licenses bans sources"
-cargo deny --offline check --hide-inclusion-graph advisories licenses bans sources
+
+# Most of the end-to-end suite waits on timers and services, so the CPU-bound
+# work that no test needs runs beside it, one step after another in the
+# background: the image's release binary (built as deploy/Containerfile builds
+# it; deploy::image checks it afterwards), clippy (in its own target directory,
+# so it never waits for the test build's lock) and cargo-deny (installed, then
+# run). On a fresh 2-core machine this takes the compiling of two dependency
+# trees and of cargo-deny off the critical path.
+deny_version=0.20.2
+side_log="$root/target/side-checks.log"
+side_checks() {
+  set -e
+  echo "==> [$(date +%T)] cargo build --release (the image's binary, deploy/Containerfile)"
+  cargo build --release --locked -p rekey --bin rekey
+  echo "==> [$(date +%T)] cargo clippy"
+  cargo clippy --workspace --all-targets --target-dir "$root/target/clippy" -- -D warnings
+  if [ "$(cargo deny --version 2>/dev/null)" != "cargo-deny $deny_version" ]; then
+    echo "==> [$(date +%T)] installing cargo-deny $deny_version"
+    cargo install --locked "cargo-deny@$deny_version"
+  fi
+  echo "==> [$(date +%T)] cargo deny check advisories licenses bans sources"
+  cargo deny --offline check --hide-inclusion-graph advisories licenses bans sources
+  echo "==> [$(date +%T)] side checks passed"
+}
 
 log "cargo build (binaries the tests drive)"
 cargo build --workspace --bins
-# The container image's binary, built as deploy/Containerfile builds it, in the
-# background while the tests run (they mostly wait on timers and services; the
-# release profile has its own build lock). deploy::image checks that it links only
-# what distroless/cc has, once it exists.
+log "cargo test --no-run"
+cargo test --workspace --no-run
+log "release build, clippy, cargo deny: in the background, log in target/side-checks.log"
+# Its own process group (job control on for this one job), so that stopping
+# early stops cargo and rustc too.
+set -m
+( side_checks ) >"$side_log" 2>&1 &
+side_pid=$!
+set +m
+trap 'kill -TERM -- "-$side_pid" 2>/dev/null || true' EXIT
 release_check=deploy::image::the_release_binary_links_only_what_distroless_cc_has
-release_log="$root/target/release-build.log"
-log "cargo build --release (the image's binary, deploy/Containerfile), in the background"
-cargo build --release --locked -p rekey --bin rekey >"$release_log" 2>&1 &
-release_pid=$!
-trap 'kill "$release_pid" 2>/dev/null || true' EXIT
 log "cargo test"
 # Extra arguments may already hold the test binaries' `--`.
 skip=(-- --skip "$release_check")
 for a in "$@"; do [ "$a" = "--" ] && skip=(--skip "$release_check"); done
 cargo test --workspace "$@" "${skip[@]}"
-log "waiting for the release build"
-if ! wait "$release_pid"; then
-  cat "$release_log"
-  echo "error: cargo build --release failed (above)" >&2
+log "waiting for the release build, clippy and cargo deny"
+if ! wait "$side_pid"; then
+  cat "$side_log"
+  echo "error: a background check failed (above; the log is target/side-checks.log)" >&2
   exit 1
 fi
 trap - EXIT
-cargo test -p rekey-integration --test it -- --exact "$release_check"
+grep '^==> ' "$side_log"
+# The same `cargo test --workspace` selection as above, so nothing recompiles.
+cargo test --workspace --test it -- --exact "$release_check"
 log "all tests passed"
