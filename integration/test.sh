@@ -107,6 +107,8 @@ log "cargo fetch --locked"
 cargo fetch --locked
 log "cargo fmt --check"
 cargo fmt --all -- --check
+log "cargo clippy"
+cargo clippy --workspace --all-targets -- -D warnings
 
 # cargo-deny's offline advisory database: checked before anything is built.
 # Policy in deny.toml. CI runs from a clone next to shared/, so the database is
@@ -135,18 +137,17 @@ fi
 # Most of the end-to-end suite waits on timers and services, so the CPU-bound
 # work that no test needs runs beside it, one step after another in the
 # background: the image's release binary (built as deploy/Containerfile builds
-# it; deploy::image checks it afterwards), clippy (in its own target directory,
-# so it never waits for the test build's lock) and cargo-deny (installed, then
-# run). On a fresh 2-core machine this takes the compiling of two dependency
-# trees and of cargo-deny off the critical path.
+# it, under the release profile's own build lock; deploy::image checks it
+# afterwards), then cargo-deny (installed, then run). On a fresh 2-core machine
+# this takes the compiling of the release dependency tree and of cargo-deny off
+# the critical path. (Clippy stays in front: it shares build-script runs, such
+# as aws-lc's C build, with the debug build.)
 deny_version=0.20.2
 side_log="$root/target/side-checks.log"
 side_checks() {
   set -e
   echo "==> [$(date +%T)] cargo build --release (the image's binary, deploy/Containerfile)"
   cargo build --release --locked -p rekey --bin rekey
-  echo "==> [$(date +%T)] cargo clippy"
-  cargo clippy --workspace --all-targets --target-dir "$root/target/clippy" -- -D warnings
   if [ "$(cargo deny --version 2>/dev/null)" != "cargo-deny $deny_version" ]; then
     echo "==> [$(date +%T)] installing cargo-deny $deny_version"
     cargo install --locked "cargo-deny@$deny_version"
@@ -160,7 +161,7 @@ log "cargo build (binaries the tests drive)"
 cargo build --workspace --bins
 log "cargo test --no-run"
 cargo test --workspace --no-run
-log "release build, clippy, cargo deny: in the background, log in target/side-checks.log"
+log "release build and cargo deny: in the background, log in target/side-checks.log"
 # Its own process group (job control on for this one job), so that stopping
 # early stops cargo and rustc too.
 set -m
@@ -174,7 +175,7 @@ log "cargo test"
 skip=(-- --skip "$release_check")
 for a in "$@"; do [ "$a" = "--" ] && skip=(--skip "$release_check"); done
 cargo test --workspace "$@" "${skip[@]}"
-log "waiting for the release build, clippy and cargo deny"
+log "waiting for the release build and cargo deny"
 if ! wait "$side_pid"; then
   cat "$side_log"
   echo "error: a background check failed (above; the log is target/side-checks.log)" >&2
