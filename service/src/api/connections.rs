@@ -124,6 +124,9 @@ pub struct Conn {
     progress_ms: AtomicU64,
     no_role: AtomicBool,
     close: CancellationToken,
+    /// Woken on every change of stage or progress: a deadline may have moved
+    /// earlier (the handshake's 10 s give way to `header_read_timeout`).
+    changed: tokio::sync::Notify,
 }
 
 impl Conn {
@@ -133,6 +136,7 @@ impl Conn {
 
     fn progress(&self) {
         self.progress_ms.store(self.now_ms(), Ordering::Relaxed);
+        self.changed.notify_waiters();
     }
 
     /// A complete ClientHello arrived.
@@ -165,6 +169,10 @@ impl Conn {
     /// reason: the handshake (or first request), or the next request's headers.
     pub async fn expired(&self, limits: &Limits) -> Refusal {
         loop {
+            // Registered before the state is read: no change is missed.
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
             let now = self.now_ms();
             let (deadline, why) = if self.stage.load(Ordering::Relaxed) < OPEN {
                 let accepted = self.accepted.duration_since(self.epoch);
@@ -184,8 +192,12 @@ impl Conn {
             if now >= deadline {
                 return why;
             }
-            // Progress may move the deadline: look again when this one is due.
-            tokio::time::sleep(deadline - now).await;
+            // Progress and stages move the deadline: look again when this
+            // one is due or something changed.
+            tokio::select! {
+                () = tokio::time::sleep(deadline - now) => {}
+                () = changed => {}
+            }
         }
     }
 
@@ -333,6 +345,7 @@ impl Registry {
                 progress_ms: AtomicU64::new(0),
                 no_role: AtomicBool::new(false),
                 close: CancellationToken::new(),
+                changed: tokio::sync::Notify::new(),
             });
             conn.progress();
             t.conns.insert(conn.id, conn.clone());
