@@ -73,18 +73,23 @@ pub fn port(url: &str) -> u16 {
     url.rsplit(':').next().unwrap().parse().unwrap()
 }
 
-#[tokio::test]
-async fn resets_after_sending_never_leave_an_action_without_its_audit_event() {
-    let (db, pki, serve) = server("").await;
-    let tls = tokio_rustls::TlsConnector::from(tls_client(&pki, "operator"));
+/// Sends `n` requests `POST path` with `body` as `cn` over raw TLS, each
+/// reset (RST, not FIN) 0-10 ms after it was sent, so the request's future
+/// is cancelled wherever it is. Request `i` carries `{prefix}-{i}` as its
+/// request id and idempotency key.
+async fn send_and_reset(
+    pki: &Pki,
+    serve: &Serve,
+    cn: &str,
+    path: &str,
+    body: &str,
+    prefix: &str,
+    n: u64,
+) {
+    let tls = tokio_rustls::TlsConnector::from(tls_client(pki, cn));
     let addr = format!("127.0.0.1:{}", port(&serve.url));
-    let path = format!("/v1/credentials/{}/rotate", enc(WEB));
-    let body = r#"{"reason":"reset test"}"#;
-    // Each request carries its id as its idempotency key too, so a committed
-    // request (its key row) can be matched with its audit event.
-    let mut sent = 0;
-    for i in 0..60u64 {
-        let id = format!("reset-{i}");
+    for i in 0..n {
+        let id = format!("{prefix}-{i}");
         let tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
         let mut s = tls
             .connect(ServerName::try_from("localhost").unwrap(), tcp)
@@ -97,16 +102,32 @@ async fn resets_after_sending_never_leave_an_action_without_its_audit_event() {
         );
         s.write_all(request.as_bytes()).await.unwrap();
         s.flush().await.unwrap();
-        // Reset (RST, not FIN) 0-10 ms after sending: the request's future
-        // is cancelled wherever it is.
         let wait = rand::random_range(0..=10u64);
         tokio::time::sleep(Duration::from_millis(wait)).await;
         // A zero linger does not block on drop: it sends RST at once.
         #[allow(deprecated)]
         s.get_ref().0.set_linger(Some(Duration::ZERO)).unwrap();
         drop(s);
-        sent += 1;
     }
+}
+
+#[tokio::test]
+async fn resets_after_sending_never_leave_an_action_without_its_audit_event() {
+    let (db, pki, serve) = server("").await;
+    let path = format!("/v1/credentials/{}/rotate", enc(WEB));
+    // Each request carries its id as its idempotency key too, so a committed
+    // request (its key row) can be matched with its audit event.
+    let sent = 60;
+    send_and_reset(
+        &pki,
+        &serve,
+        "operator",
+        &path,
+        r#"{"reason":"reset test"}"#,
+        "reset",
+        sent,
+    )
+    .await;
     // A last, ordinary request: when it is answered, the server has read the
     // ones before it.
     let r = pki
@@ -472,4 +493,46 @@ pub fn plain(log: &str) -> String {
         }
     }
     out
+}
+
+#[tokio::test]
+async fn resets_after_sending_never_leave_an_etcd_check_without_its_audit_event() {
+    let db = fresh_db().await;
+    let pki = Pki::new();
+    let etcd = rekey_integration::etcd::Etcd::start();
+    let rest = rekey_integration::api::etcd_and_backup_toml(&etcd, pki.dir.path());
+    let serve = Serve::start(&db, &pki, "", &rest).await;
+    send_and_reset(
+        &pki,
+        &serve,
+        "admin",
+        "/v1/etcd/verify",
+        r#"{"sample":0}"#,
+        "everify",
+        20,
+    )
+    .await;
+    // A last, ordinary verification: when it is answered, the server has read the ones before.
+    let r = pki
+        .client("admin")
+        .post(format!("{}/v1/etcd/verify", serve.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let unaudited: Vec<i64> = sqlx::query_scalar(
+        "SELECT c.id FROM etcd_checks c WHERE c.trigger = 'api' AND NOT EXISTS
+           (SELECT 1 FROM audit_events a WHERE a.action = 'etcd.verify' AND a.outcome = 'success'
+            AND a.details->>'check_id' = c.id::text)",
+    )
+    .fetch_all(db.pool())
+    .await
+    .unwrap();
+    let checks: i64 = sqlx::query_scalar("SELECT count(*) FROM etcd_checks WHERE trigger = 'api'")
+        .fetch_one(db.pool())
+        .await
+        .unwrap();
+    // It looked: reset requests did record checks (the last one is one of them).
+    assert!(checks > 1, "only {checks} checks recorded");
+    assert_eq!(unaudited, Vec::<i64>::new());
 }
