@@ -38,6 +38,7 @@ pub struct Pki {
     /// Where the files are.
     pub dir: tempfile::TempDir,
     ca: CertAuthority,
+    ca_key: secrecy::SecretString,
     other: CertAuthority,
     /// The API CA (server and client certificates): `--cacert`, `[api].client_ca`.
     pub ca_cert: PathBuf,
@@ -66,7 +67,7 @@ impl Pki {
             .tempdir_in("/tmp")
             .expect("temp dir");
         let now = Utc::now();
-        let (ca, _) =
+        let (ca, ca_key) =
             CertAuthority::generate("api test CA", KeyType::EcdsaP256, TimeDelta::days(2), now)
                 .expect("CA");
         let (other, _) =
@@ -102,6 +103,7 @@ impl Pki {
             issuer_key: dir.path().join("issuer/ca.key"),
             dir,
             ca,
+            ca_key,
             other,
             ca_cert,
             server_cert,
@@ -123,6 +125,70 @@ impl Pki {
     /// A client certificate from the API CA with common name `cn` (cert, key).
     pub fn client_files(&self, cn: &str) -> (PathBuf, PathBuf) {
         self.mint(&self.ca, cn, "client-")
+    }
+
+    /// A client certificate from the API CA whose subject is `subject` in
+    /// OpenSSL's `/CN=a/CN=b` form (any RDNs, repeated ones included), made
+    /// with the `openssl` command (cert, key).
+    pub fn client_files_with_subject(&self, subject: &str, file: &str) -> (PathBuf, PathBuf) {
+        let d = self.dir.path();
+        let ca_key = d.join("api-ca.key");
+        std::fs::write(&ca_key, self.ca_key.expose_secret()).expect("write CA key");
+        let (key, csr, cert, ext) = (
+            d.join(format!("{file}.key")),
+            d.join(format!("{file}.csr")),
+            d.join(format!("{file}.crt")),
+            d.join(format!("{file}.ext")),
+        );
+        std::fs::write(
+            &ext,
+            "extendedKeyUsage = clientAuth\nbasicConstraints = CA:FALSE\n",
+        )
+        .expect("write extensions");
+        let openssl = |args: &[&std::ffi::OsStr]| {
+            let out = Command::new("openssl")
+                .args(args)
+                .output()
+                .expect("openssl (apt-get install openssl)");
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let os = |s: &str| std::ffi::OsString::from(s);
+        openssl(&[
+            &os("req"),
+            &os("-new"),
+            &os("-newkey"),
+            &os("ec"),
+            &os("-pkeyopt"),
+            &os("ec_paramgen_curve:P-256"),
+            &os("-nodes"),
+            &os("-subj"),
+            &os(subject),
+            &os("-keyout"),
+            key.as_os_str(),
+            &os("-out"),
+            csr.as_os_str(),
+        ]);
+        openssl(&[
+            &os("x509"),
+            &os("-req"),
+            &os("-in"),
+            csr.as_os_str(),
+            &os("-CA"),
+            self.ca_cert.as_os_str(),
+            &os("-CAkey"),
+            ca_key.as_os_str(),
+            &os("-days"),
+            &os("1"),
+            &os("-extfile"),
+            ext.as_os_str(),
+            &os("-out"),
+            cert.as_os_str(),
+        ]);
+        (cert, key)
     }
 
     /// A client certificate with common name `cn` from a CA the server does not trust.

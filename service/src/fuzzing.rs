@@ -441,8 +441,57 @@ pub fn api_request(data: &[u8]) {
     }
 
     if let Some(identity) = auth::identity_from_der(data) {
-        let _ = (identity.subject, identity.common_name);
+        // A role is only ever read from a subject with exactly one CN.
+        assert!(identity.common_name.is_none() || identity.common_names == 1);
+        let _ = identity.subject;
     }
+
+    api_input(uri, authorization, body.as_ref());
+}
+
+/// The checks of names, query strings, reasons and idempotency keys
+/// (`api::input`) and the audit log's bounds: whatever is accepted obeys
+/// the rules, whatever is shown or stored is bounded and has no control
+/// characters.
+fn api_input(target: &[u8], key: &[u8], text: &[u8]) {
+    use crate::{api::input, store::audit};
+
+    let target = String::from_utf8_lossy(target);
+    let (path, query) = target.split_once('?').unwrap_or((&target, ""));
+    for segment in path.split('/') {
+        let decoded = input::decode(segment, false);
+        if let Ok(name) = input::check_name(&decoded) {
+            assert!(!name.is_empty() && name.len() <= input::MAX_NAME);
+            assert!(!name.chars().any(char::is_control), "{name:?}");
+        }
+        let shown = input::shown(&decoded);
+        assert!(shown.len() <= audit::MAX_TARGET && !shown.chars().any(char::is_control));
+    }
+    if input::check_query(query).is_ok() {
+        for pair in query.split('&') {
+            let value = pair.split_once('=').map_or("", |(_, v)| v);
+            let value = input::decode(value, true);
+            let value = std::str::from_utf8(&value).expect("an accepted value is UTF-8");
+            assert!(value.len() <= input::MAX_QUERY_VALUE);
+            assert!(!value.chars().any(char::is_control));
+        }
+    }
+    if let Ok(k) = input::idempotency_key(key) {
+        assert!(k.len() <= input::MAX_IDEMPOTENCY_KEY && k.bytes().all(|b| b.is_ascii_graphic()));
+    }
+    let text = String::from_utf8_lossy(text);
+    if input::check_reason(&text).is_ok() {
+        assert!(text.len() <= input::MAX_REASON);
+    }
+    for max in [audit::MAX_ACTION, audit::MAX_TARGET, audit::MAX_REASON] {
+        let b = audit::bounded(&text, max);
+        assert!(b.len() <= max && !b.contains('\0'), "{max}: {b:?}");
+    }
+    let event = audit::NewEvent::new(text.as_ref(), "x", text.as_ref(), audit::Outcome::Denied);
+    let details = audit::bounded_details(&serde_json::json!({ "error": text }));
+    assert!(details.to_string().len() <= audit::MAX_DETAILS + 64);
+    let b = event.bounded();
+    assert!(b.actor.len() <= audit::MAX_ACTOR && b.target.len() <= audit::MAX_TARGET);
 }
 
 #[cfg(test)]

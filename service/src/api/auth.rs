@@ -43,8 +43,11 @@ const TOKEN_CACHE_MAX: usize = 1024;
 pub struct CertIdentity {
     /// The subject as text, e.g. `CN=ops, O=rekey` (the audit actor).
     pub subject: String,
-    /// The subject's common name, if it has one (what `roles` map).
+    /// The subject's common name, if it has exactly one (what `roles` map).
     pub common_name: Option<String>,
+    /// How many common names the subject has: a certificate with more than
+    /// one is refused (403), whatever its CNs' roles.
+    pub common_names: usize,
 }
 
 /// Per-connection facts handed to every request on that connection.
@@ -58,14 +61,17 @@ pub struct PeerInfo {
 pub fn identity_from_der(der: &[u8]) -> Option<CertIdentity> {
     let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
     let subject = cert.subject();
+    let common_names = subject.iter_common_name().count();
     let common_name = subject
         .iter_common_name()
         .next()
+        .filter(|_| common_names == 1)
         .and_then(|cn| cn.as_str().ok())
         .map(str::to_string);
     Some(CertIdentity {
         subject: subject.to_string(),
         common_name,
+        common_names,
     })
 }
 

@@ -45,9 +45,20 @@ pub struct ApiConfig {
     /// Requests handled at once; more are refused with 503.
     #[serde(default = "default_max_requests")]
     pub max_concurrent_requests: usize,
-    /// Open connections at once; more are closed on accept.
+    /// Open connections at once. At the limit, a new connection closes the
+    /// least useful open one (no ClientHello yet, a certificate without a
+    /// role, then the longest without progress; never one with a request in
+    /// flight), or is refused if every one is busy.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+    /// Open connections from one IP address, with the same rule at the limit.
+    #[serde(default = "default_max_connections_per_peer")]
+    pub max_connections_per_peer: usize,
+    /// Longest a connection may take to send a request's complete headers,
+    /// counted from the end of the TLS handshake or of the previous response
+    /// (also how long an idle keep-alive connection stays open).
+    #[serde(default = "default_header_read_timeout")]
+    pub header_read_timeout: HumanDuration,
 }
 
 fn default_max_body() -> ByteSize {
@@ -64,6 +75,12 @@ fn default_max_requests() -> usize {
 }
 fn default_max_connections() -> usize {
     4096
+}
+fn default_max_connections_per_peer() -> usize {
+    256
+}
+fn default_header_read_timeout() -> HumanDuration {
+    std::time::Duration::from_secs(10).into()
 }
 
 impl ApiConfig {
@@ -83,6 +100,8 @@ impl ApiConfig {
             wait_timeout: default_wait_timeout(),
             max_concurrent_requests: default_max_requests(),
             max_connections: default_max_connections(),
+            max_connections_per_peer: default_max_connections_per_peer(),
+            header_read_timeout: default_header_read_timeout(),
         }
     }
 }
@@ -174,6 +193,18 @@ impl ApiConfig {
         }
         if self.max_connections == 0 {
             return Err(("max_connections".into(), "must be at least 1".into()));
+        }
+        if self.max_connections_per_peer == 0 {
+            return Err((
+                "max_connections_per_peer".into(),
+                "must be at least 1".into(),
+            ));
+        }
+        if self.header_read_timeout.get().as_millis() < 100 {
+            return Err((
+                "header_read_timeout".into(),
+                "must be at least 100ms".into(),
+            ));
         }
         Ok(())
     }

@@ -1,17 +1,19 @@
 //! What handlers take from a request: path and query parameters whose
 //! rejections are problem documents, the caller facts every handler needs
 //! ([`Req`]: peer certificate, request id, bearer token), and the optional
-//! JSON body ([`parse_body`]).
+//! JSON body ([`parse_body`]). Names and query strings are checked by
+//! [`super::input`] before any handler sees them.
 
 use axum::{
     body::Bytes,
-    extract::FromRequestParts,
+    extract::{FromRequestParts, MatchedPath},
     http::{HeaderMap, header, request::Parts},
 };
 use secrecy::SecretString;
 
 use super::{
     auth::{self, PeerInfo},
+    input,
     middleware::RequestId,
     problem::HttpError,
 };
@@ -21,10 +23,62 @@ use super::{
 #[from_request(via(axum::extract::Path), rejection(HttpError))]
 pub struct PathParam<T>(pub T);
 
-/// `Query` whose rejection is a problem document.
-#[derive(FromRequestParts)]
-#[from_request(via(axum::extract::Query), rejection(HttpError))]
+/// Query parameters: the raw query string checked first
+/// ([`input::check_query`]: UTF-8, no control characters, bounded values),
+/// then parsed into `T`; every rejection is a 400 problem document.
 pub struct QueryParams<T>(pub T);
+
+impl<T: serde::de::DeserializeOwned, S: Send + Sync> FromRequestParts<S> for QueryParams<T> {
+    type Rejection = HttpError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        input::check_query(parts.uri.query().unwrap_or_default()).map_err(HttpError::BadRequest)?;
+        let axum::extract::Query(q) = axum::extract::Query::<T>::try_from_uri(&parts.uri)?;
+        Ok(Self(q))
+    }
+}
+
+/// The one `{name}` (or `{id}`) parameter of a route, percent-decoded but not
+/// yet checked: a mutating handler records a refused name in the audit log
+/// (as [`PathName::shown`]) before it answers 400.
+#[derive(Debug, Clone)]
+pub struct PathName {
+    raw: Vec<u8>,
+}
+
+impl PathName {
+    /// The name, if it passes [`input::check_name`]; else a 400 saying why.
+    pub fn get(&self) -> Result<&str, HttpError> {
+        input::check_name(&self.raw)
+            .map_err(|why| HttpError::BadRequest(format!("the name in the path {why}")))
+    }
+
+    /// A bounded, sanitised copy for the audit log and messages.
+    pub fn shown(&self) -> String {
+        input::shown(&self.raw)
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for PathName {
+    type Rejection = HttpError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        // The route's template says which segment is the parameter; the raw
+        // segment is read from the URI (axum's `Path` refuses non-UTF-8
+        // before a handler could record what was asked).
+        let template = parts
+            .extensions
+            .get::<MatchedPath>()
+            .map(|m| m.as_str().to_string())
+            .unwrap_or_default();
+        let index = template.split('/').position(|s| s.starts_with('{'));
+        let raw = index
+            .and_then(|i| parts.uri.path().split('/').nth(i))
+            .map(|seg| input::decode(seg, false))
+            .ok_or_else(|| HttpError::internal("no name parameter in this route", template))?;
+        Ok(Self { raw })
+    }
+}
 
 impl From<axum::extract::rejection::PathRejection> for HttpError {
     fn from(r: axum::extract::rejection::PathRejection) -> Self {

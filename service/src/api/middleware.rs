@@ -1,7 +1,12 @@
 //! The layers around every handler: the request id (kept from the caller if
 //! sane, else made; echoed; carried by every log line of the request), the
 //! problem renderer (every error leaves as `application/problem+json`), the
-//! in-flight limit, and the answers for unknown routes and methods.
+//! head limits (414/431), the in-flight limit, and the answers for unknown
+//! routes and methods.
+//!
+//! Metric labels never come from what a caller can choose: the route is the
+//! matched template or `unmatched`, the method one of the nine standard ones
+//! or `other` ([`method_label`]), the status a number.
 
 use axum::{
     extract::{MatchedPath, Request, State},
@@ -14,8 +19,36 @@ use uuid::Uuid;
 
 use super::{
     context::Shared,
-    problem::{HttpError, PROBLEM_JSON, Problem, ProblemType},
+    problem::{HttpError, PROBLEM_JSON, Problem, ProblemType, in_request},
 };
+
+/// Longest request target (path and query) answered; longer is 414.
+pub const MAX_URI: usize = 8 * 1024;
+
+/// Largest header section answered (names, values and separators); larger is 431.
+pub const MAX_HEADER_BYTES: usize = 32 * 1024;
+
+/// Most header fields answered; more is 431.
+pub const MAX_HEADERS: usize = 100;
+
+/// The `method` label of a request: the standard methods by name, anything
+/// else `other` (a method name is the caller's choice, and each label value
+/// is a series `/metrics` would keep forever).
+pub fn method_label(method: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::PATCH => "PATCH",
+        Method::TRACE => "TRACE",
+        Method::CONNECT => "CONNECT",
+        _ => "other",
+    }
+}
 
 /// The request id header (set on every response).
 pub const REQUEST_ID: &str = "x-request-id";
@@ -52,11 +85,11 @@ pub async fn request_id(mut req: Request, next: Next) -> Response {
         .get::<MatchedPath>()
         .map(|m| m.as_str().to_string())
         .unwrap_or_else(|| "unmatched".into());
-    let method = req.method().as_str().to_string();
+    let method = method_label(req.method());
     req.extensions_mut().insert(RequestId(id.clone()));
     let started = std::time::Instant::now();
     let span = tracing::info_span!("request", request_id = %id);
-    let mut resp = next.run(req).instrument(span).await;
+    let mut resp = in_request(id.clone(), next.run(req).instrument(span)).await;
     let status = resp.status().as_u16().to_string();
     metrics::counter!("rekey_api_requests_total", "route" => route.clone(), "method" => method, "status" => status).increment(1);
     metrics::histogram!("rekey_api_request_duration_seconds", "route" => route)
@@ -100,6 +133,13 @@ pub async fn render_problems(req: Request, next: Next) -> Response {
                 StatusCode::METHOD_NOT_ALLOWED => {
                     "this method is not allowed on this resource (see the Allow header)".into()
                 }
+                StatusCode::URI_TOO_LONG => {
+                    format!("the request target (path and query) is longer than {MAX_URI} bytes")
+                }
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => format!(
+                    "the request has more than {MAX_HEADERS} header fields or more than \
+                     {MAX_HEADER_BYTES} bytes of them"
+                ),
                 s => s.canonical_reason().unwrap_or("error").to_string(),
             };
             let mut p = Problem::new(kind, detail);
@@ -113,6 +153,26 @@ pub async fn render_problems(req: Request, next: Next) -> Response {
         ..problem
     };
     problem.into_response_with(resp)
+}
+
+/// Answers 414 and 431 (as problem documents, through the renderer around
+/// it) for heads beyond [`MAX_URI`], [`MAX_HEADERS`], [`MAX_HEADER_BYTES`].
+/// The HTTP parser's own limits are set higher (see `server`), so only
+/// heads beyond those get its bare answer.
+pub async fn limit_head(req: Request, next: Next) -> Response {
+    let target = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
+    if target > MAX_URI {
+        return StatusCode::URI_TOO_LONG.into_response();
+    }
+    let headers = req.headers();
+    let bytes: usize = headers
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 4)
+        .sum();
+    if headers.len() > MAX_HEADERS || bytes > MAX_HEADER_BYTES {
+        return StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE.into_response();
+    }
+    next.run(req).await
 }
 
 /// Refuses requests beyond `max_concurrent_requests` with 503 instead of queueing.
@@ -157,5 +217,16 @@ mod tests {
         assert!(!valid_request_id(""));
         assert!(!valid_request_id("a b"));
         assert!(!valid_request_id(&"x".repeat(200)));
+    }
+
+    #[test]
+    fn method_labels_are_a_fixed_set() {
+        use axum::http::Method;
+        assert_eq!(method_label(&Method::GET), "GET");
+        assert_eq!(method_label(&Method::PATCH), "PATCH");
+        for made_up in ["FOO", "BREW", &"X".repeat(2000)] {
+            let m = Method::from_bytes(made_up.as_bytes()).unwrap();
+            assert_eq!(method_label(&m), "other");
+        }
     }
 }

@@ -9,10 +9,13 @@
 //!
 //! - [`config`]: the `[api]` section and its roles; [`state`]: what the wiring
 //!   hands the API; [`error`]: why it could not start.
-//! - [`server`]: TLS configuration, the accept loop, the plain-HTTP metrics listener.
+//! - [`server`]: TLS configuration, the accept loop, the plain-HTTP metrics listener;
+//!   [`connections`]: which connections a listener keeps (limits, eviction,
+//!   deadlines, summarised refusal logs).
 //! - [`router`]: the routes and their layers; [`middleware`]: request id,
 //!   problem rendering, in-flight limit; [`extract`]: path, query, caller
-//!   facts, JSON bodies.
+//!   facts, JSON bodies; [`input`]: the checks of names, query strings,
+//!   reasons and idempotency keys made before anything touches the database.
 //! - [`authz`]: authenticate, authorize and audit each call ([`auth`]: identities,
 //!   roles, actions, TokenReview/SubjectAccessReview).
 //! - [`handlers`]: one file per area (credentials, rotations, bootstrap
@@ -35,11 +38,13 @@
 pub mod auth;
 mod authz;
 pub mod config;
+pub mod connections;
 mod context;
 pub mod dev;
 pub mod error;
 pub mod extract;
 pub mod handlers;
+pub mod input;
 pub mod metrics;
 pub mod middleware;
 pub mod openapi;

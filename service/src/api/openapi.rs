@@ -119,6 +119,14 @@ impl utoipa::Modify for CommonResponses {
                 };
                 add("413", "The request body is larger than [api].max_body_size");
                 add(
+                    "414",
+                    "The request target (path and query) is longer than 8 KiB",
+                );
+                add(
+                    "431",
+                    "More than 100 header fields, or more than 32 KiB of them",
+                );
+                add(
                     "500",
                     "Internal error; details are in the server log under the request id",
                 );
@@ -127,7 +135,12 @@ impl utoipa::Modify for CommonResponses {
                     "Overloaded ([api].max_concurrent_requests) or timed out ([api].request_timeout)",
                 );
                 if authed {
-                    add("400", "The request is malformed");
+                    add(
+                        "400",
+                        "The request is malformed: a name, query value or body field is not \
+                         acceptable (names: 1 to 253 bytes of UTF-8 without control characters; \
+                         query values: UTF-8 without control characters)",
+                    );
                     add("401", "No client certificate or accepted bearer token");
                     add("403", "The caller's role (or RBAC) does not allow this");
                     op.security = Some(vec![
@@ -178,7 +191,8 @@ mod tests {
         }
         let rotate = &paths["/v1/credentials/{name}/rotate"]["post"]["responses"];
         for code in [
-            "200", "202", "400", "401", "403", "404", "409", "413", "415", "500", "503",
+            "200", "202", "400", "401", "403", "404", "409", "413", "414", "415", "431", "500",
+            "503",
         ] {
             assert!(rotate.get(code).is_some(), "rotate lacks {code}");
         }

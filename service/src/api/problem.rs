@@ -1,10 +1,15 @@
 //! RFC 9457 problem details: the one error shape of the admin API.
 //!
-//! Handlers return [`HttpError`]; its `IntoResponse` logs internals and puts
-//! a [`Problem`] (public text only) into the response extensions. The outer
+//! Handlers return [`HttpError`]; its `IntoResponse` puts a [`Problem`]
+//! (public text only) into the response extensions. The outer
 //! `render_problems` middleware renders every error response — ours, axum's
-//! rejections, tower-http's 413/503 — as `application/problem+json` with the
-//! request id, so no error ever leaves in another shape.
+//! rejections, tower-http's 413/503, the 414/431 of the head limits — as
+//! `application/problem+json` with the request id, so no error ever leaves
+//! in another shape. Internal causes are logged when the error is made
+//! ([`HttpError::internal`], [`HttpError::unavailable`]), on a line that
+//! carries the request's `request_id` as a field of its own (the id the
+//! problem document names; see [`in_request`]), also in tasks a request
+//! spawned, and also when the caller has gone away.
 
 use axum::{
     http::{HeaderValue, StatusCode, header},
@@ -15,6 +20,21 @@ use utoipa::ToSchema;
 
 /// The media type of problem documents.
 pub const PROBLEM_JSON: &str = "application/problem+json";
+
+tokio::task_local! {
+    /// The id of the request this task works for.
+    static REQUEST_ID: String;
+}
+
+/// Runs `work` as part of request `id`: causes logged inside carry it.
+pub async fn in_request<F: std::future::Future>(id: String, work: F) -> F::Output {
+    REQUEST_ID.scope(id, work).await
+}
+
+/// The id of the request the current task works for, if any.
+pub fn current_request_id() -> Option<String> {
+    REQUEST_ID.try_with(Clone::clone).ok()
+}
 
 /// Stable problem types (`type` member). Clients may switch on them; never rename one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,6 +55,10 @@ pub enum ProblemType {
     PayloadTooLarge,
     /// The body is not JSON.
     UnsupportedMediaType,
+    /// The request target (path and query) is longer than the server reads.
+    UriTooLong,
+    /// The request's header section is larger than the server reads.
+    HeadersTooLarge,
     /// The capability behind this endpoint is not in this build.
     NotImplemented,
     /// Too many requests in flight, or the request took longer than `[api].request_timeout`.
@@ -55,6 +79,8 @@ impl ProblemType {
             Self::Conflict => "urn:rekey:problem:conflict",
             Self::PayloadTooLarge => "urn:rekey:problem:payload-too-large",
             Self::UnsupportedMediaType => "urn:rekey:problem:unsupported-media-type",
+            Self::UriTooLong => "urn:rekey:problem:uri-too-long",
+            Self::HeadersTooLarge => "urn:rekey:problem:headers-too-large",
             Self::NotImplemented => "urn:rekey:problem:not-implemented",
             Self::Unavailable => "urn:rekey:problem:unavailable",
             Self::Internal => "urn:rekey:problem:internal",
@@ -72,6 +98,8 @@ impl ProblemType {
             Self::Conflict => StatusCode::CONFLICT,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::UriTooLong => StatusCode::URI_TOO_LONG,
+            Self::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::NotImplemented => StatusCode::NOT_IMPLEMENTED,
             Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
@@ -89,6 +117,8 @@ impl ProblemType {
             Self::Conflict => "Conflict",
             Self::PayloadTooLarge => "Request body too large",
             Self::UnsupportedMediaType => "Unsupported media type",
+            Self::UriTooLong => "Request target too long",
+            Self::HeadersTooLarge => "Request headers too large",
             Self::NotImplemented => "Not implemented",
             Self::Unavailable => "Service unavailable",
             Self::Internal => "Internal error",
@@ -104,7 +134,9 @@ impl ProblemType {
             405 => Self::MethodNotAllowed,
             409 => Self::Conflict,
             413 => Self::PayloadTooLarge,
+            414 => Self::UriTooLong,
             415 => Self::UnsupportedMediaType,
+            431 => Self::HeadersTooLarge,
             501 => Self::NotImplemented,
             408 | 429 | 503 | 504 => Self::Unavailable,
             s if s >= 500 => Self::Internal,
@@ -200,8 +232,11 @@ pub enum HttpError {
 }
 
 impl HttpError {
-    /// An internal error from any cause; the cause is logged, not returned.
+    /// An internal error from any cause; the cause is logged (at ERROR, with
+    /// the request id), not returned.
     pub fn internal(public: &str, cause: impl std::fmt::Display) -> Self {
+        let request_id = current_request_id().unwrap_or_default();
+        tracing::error!(%request_id, error = %cause, "{public}");
         Self::Internal {
             public: public.to_string(),
             internal: cause.to_string(),
@@ -212,7 +247,8 @@ impl HttpError {
     /// the cause is logged (with the request id, from the request's span),
     /// the caller gets `public` only.
     pub fn unavailable(public: &str, cause: impl std::fmt::Display) -> Self {
-        tracing::warn!(error = %cause, "{public}");
+        let request_id = current_request_id().unwrap_or_default();
+        tracing::warn!(%request_id, error = %cause, "{public}");
         Self::Unavailable(public.to_string())
     }
 
@@ -248,9 +284,6 @@ impl From<crate::store::StoreError> for HttpError {
 
 impl IntoResponse for HttpError {
     fn into_response(self) -> Response {
-        if let Self::Internal { internal, public } = &self {
-            tracing::error!(error = %internal, "{public}");
-        }
         let mut resp = self.kind().status().into_response();
         resp.extensions_mut().insert(self.problem());
         resp

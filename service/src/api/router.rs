@@ -1,6 +1,6 @@
 //! The routes of the admin API and of the plain-HTTP metrics listener, and
 //! the layers around them (outermost first): request id, problem renderer,
-//! timeout, body limit, in-flight limit.
+//! head limits (414/431), timeout, body limit, in-flight limit.
 
 use std::sync::Arc;
 
@@ -22,7 +22,9 @@ use super::{
         audit, backups, bootstrap_tokens, credentials, etcd, health,
         rotations::{self, ROTATION_DONE_CHANNEL},
     },
-    middleware::{limit_in_flight, method_not_allowed, not_found, render_problems, request_id},
+    middleware::{
+        limit_head, limit_in_flight, method_not_allowed, not_found, render_problems, request_id,
+    },
     openapi::openapi_json,
     state::ApiState,
 };
@@ -95,6 +97,7 @@ pub fn router(
             StatusCode::SERVICE_UNAVAILABLE,
             config.request_timeout.get(),
         ))
+        .layer(middleware::from_fn(limit_head))
         .layer(middleware::from_fn(render_problems))
         .layer(middleware::from_fn(request_id))
         .with_state(shared))
@@ -107,6 +110,7 @@ pub fn metrics_router(state: ApiState) -> Router {
         .route("/healthz", get(health::healthz_plain))
         .route("/readyz", get(health::readyz_plain))
         .fallback(not_found)
+        .layer(middleware::from_fn(limit_head))
         .layer(middleware::from_fn(render_problems))
         .layer(middleware::from_fn(request_id))
         .with_state(state)

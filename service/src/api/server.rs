@@ -2,7 +2,10 @@
 //!
 //! The accept loop is ours (hyper-util over tokio-rustls) rather than a
 //! framework's so that each connection's verified client certificate can be
-//! attached to its requests, connections are capped, handshakes time out, and
+//! attached to its requests, connections are admitted, tracked and closed by
+//! one mechanism for both listeners ([`super::connections`]: caps per
+//! listener and per peer, idle and unauthenticated connections closed first,
+//! handshake and header-read deadlines, summarised refusal logs), and
 //! shutdown drains in-flight requests.
 
 use std::{
@@ -20,14 +23,53 @@ use hyper_util::{
 };
 use rustls::{RootCertStore, ServerConfig, server::WebPkiClientVerifier};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
-use tokio::{net::TcpListener, sync::Semaphore, task::JoinHandle};
-use tokio_rustls::TlsAcceptor;
+use tokio::{
+    net::{TcpListener, TcpStream},
+    task::JoinHandle,
+};
 use tokio_util::sync::CancellationToken;
 
-use super::{auth::PeerInfo, config::ApiConfig, error::ApiError, router, state::ApiState};
+use super::{
+    auth::{self, CertIdentity, PeerInfo},
+    config::{ApiConfig, RoleMapping},
+    connections::{Admitted, Conn, LOG_WINDOW, Limits, Refusal, Registry},
+    error::ApiError,
+    middleware::{MAX_HEADER_BYTES, MAX_HEADERS},
+    router,
+    state::ApiState,
+};
 
 /// A client has this long to finish the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The metrics listener's limits (Prometheus and kubelet probes).
+const METRICS_LIMITS: Limits = Limits {
+    max_connections: 256,
+    max_per_peer: 64,
+    handshake_timeout: Duration::from_secs(10),
+    header_read_timeout: Duration::from_secs(10),
+    busy_timeout: Duration::from_secs(70),
+};
+
+/// The HTTP/1 parser's buffer: heads up to this size reach the head limits
+/// (`middleware::limit_head`), which answer 414/431 as problem documents;
+/// only larger ones get the parser's bare 431.
+const PARSER_BUFFER: usize = 4 * MAX_HEADER_BYTES;
+
+/// TLS on a listener, and what tells a certificate that allows nothing.
+struct Tls {
+    config: Arc<ServerConfig>,
+    roles: Vec<RoleMapping>,
+    /// Bearer tokens are accepted: a certificate without a role may still be allowed.
+    bearer: bool,
+}
+
+impl Tls {
+    fn no_role(&self, cert: Option<&CertIdentity>) -> bool {
+        !self.bearer
+            && cert.is_none_or(|c| auth::role_of(&self.roles, c.common_name.as_deref()).is_none())
+    }
+}
 
 /// In-flight requests get this long to finish after shutdown is asked for.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -85,7 +127,11 @@ pub async fn start(
             );
             None
         } else {
-            Some(TlsAcceptor::from(Arc::new(tls_config(config)?)))
+            Some(Arc::new(Tls {
+                config: Arc::new(tls_config(config)?),
+                roles: config.roles.clone(),
+                bearer: config.token_review,
+            }))
         };
         if config.token_review && state.kube.is_none() {
             return Err(ApiError::NoKubeClient);
@@ -107,12 +153,18 @@ pub async fn start(
                 "required"
             }
         );
-        let max_conns = Arc::new(Semaphore::new(config.max_connections));
+        let limits = Limits {
+            max_connections: config.max_connections,
+            max_per_peer: config.max_connections_per_peer,
+            handshake_timeout: HANDSHAKE_TIMEOUT,
+            header_read_timeout: config.header_read_timeout.get(),
+            busy_timeout: config.request_timeout.get() + config.header_read_timeout.get(),
+        };
         tasks.push(tokio::spawn(accept_loop(
             listener,
             tls,
             app,
-            max_conns,
+            Registry::new("api", limits),
             shutdown.clone(),
         )));
     }
@@ -128,7 +180,7 @@ pub async fn start(
             listener,
             None,
             router::metrics_router(state),
-            Arc::new(Semaphore::new(256)),
+            Registry::new("metrics", METRICS_LIMITS),
             shutdown.clone(),
         )));
     }
@@ -246,16 +298,27 @@ fn read_certs(field: &'static str, path: &Path) -> Result<Vec<CertificateDer<'st
 /// Accepts connections until `shutdown`, then drains in-flight requests.
 async fn accept_loop(
     listener: TcpListener,
-    tls: Option<TlsAcceptor>,
+    tls: Option<Arc<Tls>>,
     app: Router,
-    max_conns: Arc<Semaphore>,
+    registry: Arc<Registry>,
     shutdown: CancellationToken,
 ) -> Result<(), ApiError> {
     let graceful = GracefulShutdown::new();
-    let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .max_buf_size(PARSER_BUFFER)
+        .max_headers(2 * MAX_HEADERS);
+    builder.http2().max_header_list_size(PARSER_BUFFER as u32);
+    let builder = Arc::new(builder);
+    let mut summaries = tokio::time::interval(LOG_WINDOW);
     loop {
         let (tcp, peer) = tokio::select! {
             () = shutdown.cancelled() => break,
+            _ = summaries.tick() => {
+                registry.flush_log();
+                continue;
+            }
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
                 Err(e) => {
@@ -266,63 +329,32 @@ async fn accept_loop(
                 }
             },
         };
-        let Ok(permit) = max_conns.clone().try_acquire_owned() else {
-            tracing::warn!(%peer, "too many open connections; closing a new one");
-            drop(tcp);
-            continue;
+        let admitted = match registry.admit(peer.ip()) {
+            Ok(a) => a,
+            Err(why) => {
+                let detail = match why {
+                    Refusal::PeerLimit => {
+                        "this peer has max_connections_per_peer connections, all busy"
+                    }
+                    _ => "max_connections connections are open, all busy",
+                };
+                registry.refused(peer.ip(), why, &detail);
+                drop(tcp);
+                continue;
+            }
         };
         let _ = tcp.set_nodelay(true);
-        let tls = tls.clone();
-        let app = app.clone();
-        let builder = builder.clone();
-        let watcher = graceful.watcher();
-        tokio::spawn(async move {
-            let _permit = permit;
-            match tls {
-                None => {
-                    let svc = TowerToHyperService::new(with_peer(app, PeerInfo::default()));
-                    let conn = builder
-                        .serve_connection(TokioIo::new(tcp), svc)
-                        .into_owned();
-                    if let Err(e) = watcher.watch(conn).await {
-                        tracing::debug!(%peer, error = %e, "connection ended with an error");
-                    }
-                }
-                Some(acceptor) => {
-                    let started = Instant::now();
-                    let stream =
-                        match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                            Ok(Ok(s)) => s,
-                            Ok(Err(e)) => {
-                                metrics::counter!("rekey_api_tls_handshake_failures_total")
-                                    .increment(1);
-                                tracing::info!(%peer, error = %e, "TLS handshake refused");
-                                return;
-                            }
-                            Err(_) => {
-                                metrics::counter!("rekey_api_tls_handshake_failures_total")
-                                    .increment(1);
-                                tracing::info!(%peer, "TLS handshake timed out");
-                                return;
-                            }
-                        };
-                    let cert = stream
-                        .get_ref()
-                        .1
-                        .peer_certificates()
-                        .and_then(|c| c.first())
-                        .and_then(|c| super::auth::identity_from_der(c));
-                    tracing::debug!(%peer, subject = ?cert.as_ref().map(|c| &c.subject), elapsed = ?started.elapsed(), "TLS handshake done");
-                    let svc = TowerToHyperService::new(with_peer(app, PeerInfo { cert }));
-                    let conn = builder
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .into_owned();
-                    if let Err(e) = watcher.watch(conn).await {
-                        tracing::debug!(%peer, error = %e, "connection ended with an error");
-                    }
-                }
-            }
-        });
+        let connection = serve_connection(
+            tcp,
+            peer,
+            admitted,
+            tls.clone(),
+            app.clone(),
+            builder.clone(),
+            graceful.watcher(),
+            registry.clone(),
+        );
+        tokio::spawn(connection);
     }
     drop(listener);
     tokio::select! {
@@ -332,6 +364,129 @@ async fn accept_loop(
         }
     }
     Ok(())
+}
+
+/// Serves one admitted connection until it ends, is closed to make room,
+/// or misses its deadline (the handshake, or the next request's headers).
+#[allow(clippy::too_many_arguments)]
+async fn serve_connection(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    admitted: Admitted,
+    tls: Option<Arc<Tls>>,
+    app: Router,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    watcher: hyper_util::server::graceful::Watcher,
+    registry: Arc<Registry>,
+) {
+    let conn = admitted.conn.clone();
+    let is_tls = tls.is_some();
+    let serve = async {
+        match tls {
+            None => {
+                let svc = TowerToHyperService::new(tracked(app, conn.clone(), PeerInfo::default()));
+                let c = builder
+                    .serve_connection(TokioIo::new(tcp), svc)
+                    .into_owned();
+                if let Err(e) = watcher.watch(c).await {
+                    tracing::debug!(%peer, error = %e, "connection ended with an error");
+                }
+            }
+            Some(tls) => {
+                let started = Instant::now();
+                let acceptor = rustls::server::Acceptor::default();
+                let hello = match tokio_rustls::LazyConfigAcceptor::new(acceptor, tcp).await {
+                    Ok(h) => h,
+                    Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                        tracing::debug!(%peer, "connection closed before a ClientHello");
+                        return;
+                    }
+                    Err(e) => {
+                        metrics::counter!("rekey_api_tls_handshake_failures_total").increment(1);
+                        registry.refused(
+                            peer.ip(),
+                            Refusal::Tls,
+                            &format_args!("TLS handshake refused: {e}"),
+                        );
+                        return;
+                    }
+                };
+                conn.hello();
+                let stream = match hello.into_stream(tls.config.clone()).await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        metrics::counter!("rekey_api_tls_handshake_failures_total").increment(1);
+                        registry.refused(
+                            peer.ip(),
+                            Refusal::Tls,
+                            &format_args!("TLS handshake refused: {e}"),
+                        );
+                        return;
+                    }
+                };
+                let cert = stream
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|c| c.first())
+                    .and_then(|c| auth::identity_from_der(c));
+                conn.open(tls.no_role(cert.as_ref()));
+                tracing::debug!(%peer, subject = ?cert.as_ref().map(|c| &c.subject), elapsed = ?started.elapsed(), "TLS handshake done");
+                let svc = TowerToHyperService::new(tracked(app, conn.clone(), PeerInfo { cert }));
+                let c = builder
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .into_owned();
+                if let Err(e) = watcher.watch(c).await {
+                    tracing::debug!(%peer, error = %e, "connection ended with an error");
+                }
+            }
+        }
+    };
+    let limits = *registry.limits();
+    tokio::select! {
+        () = serve => {}
+        () = conn.evicted() => {}
+        why = conn.expired(&limits) => {
+            if why == Refusal::HandshakeTimeout && is_tls {
+                metrics::counter!("rekey_api_tls_handshake_failures_total").increment(1);
+            }
+            match why {
+                Refusal::HandshakeTimeout => registry.refused(peer.ip(), why, &"no TLS handshake (or first request) within the handshake timeout"),
+                _ => tracing::debug!(%peer, "closing a connection: no complete request headers within header_read_timeout"),
+            }
+        }
+    }
+    drop(admitted);
+}
+
+/// The router with this connection's peer facts added to every request, and
+/// each request counted in flight on the connection until its response body
+/// has been sent (or dropped).
+fn tracked(
+    app: Router,
+    conn: Arc<Conn>,
+    peer: PeerInfo,
+) -> impl tower::Service<
+    axum::http::Request<hyper::body::Incoming>,
+    Response = axum::response::Response,
+    Error = std::convert::Infallible,
+    Future = impl Send,
+> + Clone
++ Send {
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+    with_peer(app, peer).map_future(move |fut| {
+        let in_flight = conn.begin();
+        async move {
+            let resp: axum::response::Response = fut.await?;
+            Ok(resp.map(|body| {
+                axum::body::Body::new(body.map_err(move |e| {
+                    let _ = &in_flight;
+                    e
+                }))
+            }))
+        }
+    })
 }
 
 /// The router with this connection's peer facts added to every request.

@@ -4,7 +4,26 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use uuid::Uuid;
 
-use crate::store::{Store, StoreError};
+use crate::store::{
+    Store, StoreError,
+    audit::{NewEvent, Ticket, record_many},
+};
+
+/// Commits `tx` with `event` recorded in it: through `ticket` when the
+/// event is a caller's (an API request's), so the caller knows it is written.
+async fn commit_audited(
+    mut tx: sqlx::Transaction<'_, sqlx::Postgres>,
+    event: &NewEvent,
+    ticket: Option<&Ticket>,
+) -> Result<(), StoreError> {
+    match ticket {
+        Some(t) => t.commit_with(tx, event).await,
+        None => {
+            record_many(&mut *tx, std::slice::from_ref(event)).await?;
+            Ok(tx.commit().await?)
+        }
+    }
+}
 
 /// A backup as recorded. This is also the JSON of `rekey backup list --json`
 /// and of `GET /v1/backups` (field names are stable).
@@ -91,38 +110,50 @@ pub async fn insert_running(store: &Store, b: &NewBackup) -> Result<BackupRecord
     )
 }
 
-/// Marks a running backup `completed` with what it produced.
+/// Marks a running backup `completed` with what it produced, and records
+/// its audit `event` in the same transaction (through `ticket`, if given).
 pub async fn mark_completed(
     store: &Store,
     id: Uuid,
     f: &Finished,
+    event: &NewEvent,
+    ticket: Option<&Ticket>,
 ) -> Result<BackupRecord, StoreError> {
-    Ok(
-        sqlx::query_as::<_, BackupRecord>(sqlx::AssertSqlSafe(format!(
-            "UPDATE backups SET status = 'completed', finished_at = now(),
+    let mut tx = store.pool().begin().await?;
+    let record = sqlx::query_as::<_, BackupRecord>(sqlx::AssertSqlSafe(format!(
+        "UPDATE backups SET status = 'completed', finished_at = now(),
                 size_bytes = $2, sha256 = $3, plaintext_bytes = $4, etcd_revision = $5
          WHERE id = $1 RETURNING {COLUMNS}"
-        )))
-        .bind(id)
-        .bind(f.size_bytes)
-        .bind(&f.sha256)
-        .bind(f.plaintext_bytes)
-        .bind(f.etcd_revision)
-        .fetch_one(store.pool())
-        .await?,
-    )
+    )))
+    .bind(id)
+    .bind(f.size_bytes)
+    .bind(&f.sha256)
+    .bind(f.plaintext_bytes)
+    .bind(f.etcd_revision)
+    .fetch_one(&mut *tx)
+    .await?;
+    commit_audited(tx, event, ticket).await?;
+    Ok(record)
 }
 
-/// Marks a running backup `failed` with the reason.
-pub async fn mark_failed(store: &Store, id: Uuid, error: &str) -> Result<(), StoreError> {
+/// Marks a running backup `failed` with the reason, and records its audit
+/// `event` in the same transaction (through `ticket`, if given).
+pub async fn mark_failed(
+    store: &Store,
+    id: Uuid,
+    error: &str,
+    event: &NewEvent,
+    ticket: Option<&Ticket>,
+) -> Result<(), StoreError> {
+    let mut tx = store.pool().begin().await?;
     sqlx::query(
         "UPDATE backups SET status = 'failed', finished_at = now(), error = $2 WHERE id = $1",
     )
     .bind(id)
     .bind(error)
-    .execute(store.pool())
+    .execute(&mut *tx)
     .await?;
-    Ok(())
+    commit_audited(tx, event, ticket).await
 }
 
 /// Marks a completed backup `pruned` (its object was deleted).

@@ -3,7 +3,7 @@
 //! ([`super::job`]), `rekey backup run` and `POST /v1/backups` all call
 //! [`run_backup`]; [`list_backups`] is what `GET /v1/backups` lists.
 
-use std::time::Instant;
+use std::{sync::Arc, time::Instant};
 
 use super::progress::Progress as ProgressBar;
 use chrono::Utc;
@@ -21,7 +21,7 @@ use crate::{
     etcd::EtcdConfig,
     store::{
         Store,
-        audit::{NewEvent, Outcome},
+        audit::{NewEvent, Outcome, Ticket},
     },
 };
 
@@ -35,6 +35,9 @@ pub struct RunOptions {
     pub requested_by: String,
     /// Progress display (use `ProgressBar::hidden()` in the service).
     pub progress: ProgressBar,
+    /// The caller's audit event (an API request): the backup's own event is
+    /// written through it, in the transaction that records the outcome.
+    pub audit: Option<Arc<Ticket>>,
 }
 
 impl RunOptions {
@@ -43,6 +46,7 @@ impl RunOptions {
         Self {
             requested_by: actor.into(),
             progress: ProgressBar::hidden(),
+            audit: None,
         }
     }
 }
@@ -93,29 +97,20 @@ pub async fn run_backup(
     }
     match result {
         Ok((enc, revision)) => {
-            let record = db::mark_completed(
-                store,
-                id,
-                &db::Finished {
-                    size_bytes: enc.ciphertext_bytes as i64,
-                    sha256: enc.sha256.clone().unwrap_or_default(),
-                    plaintext_bytes: enc.plaintext_bytes as i64,
-                    etcd_revision: revision,
-                },
-            )
-            .await?;
-            record_success_metrics(&record, elapsed);
-            let mut event = NewEvent::new(
-                &opts.requested_by,
-                "backup.run",
-                &record.location,
-                Outcome::Success,
-            );
-            event.details = serde_json::json!({
-                "backup_id": id, "size_bytes": record.size_bytes, "sha256": record.sha256,
-                "kek_id": record.kek_id, "etcd_revision": record.etcd_revision,
+            let finished = db::Finished {
+                size_bytes: enc.ciphertext_bytes as i64,
+                sha256: enc.sha256.clone().unwrap_or_default(),
+                plaintext_bytes: enc.plaintext_bytes as i64,
+                etcd_revision: revision,
+            };
+            let details = serde_json::json!({
+                "backup_id": id, "size_bytes": finished.size_bytes, "sha256": finished.sha256,
+                "kek_id": row.kek_id, "etcd_revision": revision,
             });
-            store.audit(event).await?;
+            let event = audit_event(opts, &row.location, Outcome::Success, details);
+            let record =
+                db::mark_completed(store, id, &finished, &event, opts.audit.as_deref()).await?;
+            record_success_metrics(&record, elapsed);
             tracing::info!(backup = %id, location = %record.location, bytes = enc.ciphertext_bytes, "backup completed");
             Ok(record)
         }
@@ -123,22 +118,36 @@ pub async fn run_backup(
             let text = e.to_string();
             metrics::counter!(METRIC_FAILURES).increment(1);
             metrics::histogram!(METRIC_DURATION, "outcome" => "failure").record(elapsed);
-            if let Err(db) = db::mark_failed(store, row.id, &text).await {
+            let details = serde_json::json!({ "backup_id": id, "error": text });
+            let event = audit_event(opts, &row.location, Outcome::Failure, details);
+            if let Err(db) =
+                db::mark_failed(store, row.id, &text, &event, opts.audit.as_deref()).await
+            {
                 tracing::warn!(backup = %id, error = %db, "recording the failure failed");
-            }
-            let mut event = NewEvent::new(
-                &opts.requested_by,
-                "backup.run",
-                &row.location,
-                Outcome::Failure,
-            );
-            event.details = serde_json::json!({ "backup_id": id, "error": text });
-            if let Err(db) = store.audit(event).await {
-                tracing::warn!(backup = %id, error = %db, "auditing the failure failed");
             }
             Err(e)
         }
     }
+}
+
+/// The `backup.run` event of this run: the caller's (with its request id) when
+/// it has a ticket, else one by `requested_by`; its target is the object.
+fn audit_event(
+    opts: &RunOptions,
+    location: &str,
+    outcome: Outcome,
+    details: serde_json::Value,
+) -> NewEvent {
+    let mut event = match &opts.audit {
+        Some(t) => t.event(outcome, details),
+        None => {
+            let mut e = NewEvent::new(&opts.requested_by, "backup.run", location, outcome);
+            e.details = details;
+            e
+        }
+    };
+    event.target = location.to_string();
+    event
 }
 
 /// Encrypts `source` into a new object at `target`; completes the upload only

@@ -329,6 +329,7 @@ async fn run_cmd(a: RunArgs) -> anyhow::Result<ExitCode> {
     let opts = backup::RunOptions {
         requested_by: CLI_ACTOR.into(),
         progress,
+        audit: None,
     };
     let work = backup::run_backup(&store, &backup, &etcd, &opts);
     let result = match &recorder {

@@ -5,7 +5,10 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use super::report::{Report, Severity};
-use crate::store::{Store, StoreError};
+use crate::store::{
+    Store, StoreError,
+    audit::{Outcome, Ticket},
+};
 
 /// What started a check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -88,6 +91,20 @@ pub async fn record(
     trigger: Trigger,
     started_at: DateTime<Utc>,
 ) -> Result<i64, StoreError> {
+    record_audited(store, report, scope, trigger, started_at, None).await
+}
+
+/// Records a finished check and, with `audit`, its audit event (success,
+/// with the check id and exit code) in the same transaction.
+pub async fn record_audited(
+    store: &Store,
+    report: &Report,
+    scope: Scope<'_>,
+    trigger: Trigger,
+    started_at: DateTime<Utc>,
+    audit: Option<&Ticket>,
+) -> Result<i64, StoreError> {
+    let mut tx = store.pool().begin().await?;
     let scan = report.scan.as_ref();
     let errors = report
         .config
@@ -131,8 +148,16 @@ pub async fn record(
     .bind(i32::try_from(warnings).unwrap_or(i32::MAX))
     .bind(i16::from(report.exit_code))
     .bind(json)
-    .fetch_one(store.pool())
+    .fetch_one(&mut *tx)
     .await?;
+    match audit {
+        Some(t) => {
+            let details = serde_json::json!({ "check_id": id, "exit_code": report.exit_code });
+            t.commit_with(tx, &t.event(Outcome::Success, details))
+                .await?;
+        }
+        None => tx.commit().await?,
+    }
     Ok(id)
 }
 

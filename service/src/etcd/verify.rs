@@ -259,6 +259,17 @@ pub async fn verify_and_record(
     store: Option<&Store>,
     trigger: Trigger,
 ) -> Result<(Report, Option<i64>), VerifyError> {
+    verify_and_record_audited(opts, store, trigger, None).await
+}
+
+/// [`verify_and_record`], with the caller's audit event committed in the
+/// same transaction as the check's row (`audit` needs a store).
+pub async fn verify_and_record_audited(
+    opts: &VerifyOptions,
+    store: Option<&Store>,
+    trigger: Trigger,
+    audit: Option<&crate::store::audit::Ticket>,
+) -> Result<(Report, Option<i64>), VerifyError> {
     let started = Utc::now();
     let report = verify(opts, store).await?;
     let id = match store {
@@ -269,7 +280,7 @@ pub async fn verify_and_record(
                 prefix: &opts.prefix,
                 resource: &resource,
             };
-            Some(db::record(s, &report, scope, trigger, started).await?)
+            Some(db::record_audited(s, &report, scope, trigger, started, audit).await?)
         }
         None => None,
     };

@@ -1,6 +1,8 @@
 //! The admin HTTP API end to end.
 
 mod dev;
+mod exhaustion;
+mod hostile;
 mod paging;
 mod schemathesis;
 mod server;

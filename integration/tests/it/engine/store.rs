@@ -8,7 +8,11 @@ use rekey::{
     issue::{CertAuthority, CertificateSpec, KeyType, Usage},
     rotate::{Engine, EngineConfig, EngineDeps, EventOutcome},
     sink::{Material, Publication, SinkSpec, file::FileSink},
-    store::{engine::Success, rotations::RequestOutcome, sync::Declared},
+    store::{
+        engine::Success,
+        rotations::{Idempotency, ManualRequest, RequestOutcome},
+        sync::Declared,
+    },
 };
 use rekey_integration::pg::{TestDb, fresh_db};
 
@@ -244,7 +248,7 @@ async fn rotate_now_requests_join_the_one_in_flight() {
     e.run_once().await.unwrap();
     let store = &f.db.store;
     let first = match store
-        .request_rotation("cert/t/web", "CN=ops", Some("key leaked"), None)
+        .request_rotation("cert/t/web", "CN=ops", Some("key leaked"))
         .await
         .unwrap()
     {
@@ -252,7 +256,7 @@ async fn rotate_now_requests_join_the_one_in_flight() {
         other => panic!("{other:?}"),
     };
     let second = match store
-        .request_rotation("cert/t/web", "CN=other", None, None)
+        .request_rotation("cert/t/web", "CN=other", None)
         .await
         .unwrap()
     {
@@ -262,7 +266,7 @@ async fn rotate_now_requests_join_the_one_in_flight() {
     assert_eq!(first.id, second.id);
     // A request with an idempotency key that joins the rotation in flight...
     match store
-        .request_rotation("cert/t/web", "CN=ops", None, Some("k-join"))
+        .request_rotation_audited(&keyed("CN=ops", "k-join", "d0"), None)
         .await
         .unwrap()
     {
@@ -271,7 +275,7 @@ async fn rotate_now_requests_join_the_one_in_flight() {
     }
     assert!(matches!(
         store
-            .request_rotation("cert/nope", "x", None, None)
+            .request_rotation("cert/nope", "x", None)
             .await
             .unwrap(),
         RequestOutcome::NotFound
@@ -284,7 +288,7 @@ async fn rotate_now_requests_join_the_one_in_flight() {
     assert_eq!(done.reason.as_deref(), Some("key leaked"));
     // ...gets that same rotation back when retried after it finished.
     match store
-        .request_rotation("cert/t/web", "CN=ops", None, Some("k-join"))
+        .request_rotation_audited(&keyed("CN=ops", "k-join", "d0"), None)
         .await
         .unwrap()
     {
@@ -296,7 +300,7 @@ async fn rotate_now_requests_join_the_one_in_flight() {
     assert!(done.version_id.is_some());
     // With nothing in flight, a new request is a new rotation; an idempotency key replays.
     let third = match store
-        .request_rotation("cert/t/web", "CN=ops", None, Some("k1"))
+        .request_rotation_audited(&keyed("CN=ops", "k1", "d0"), None)
         .await
         .unwrap()
     {
@@ -306,15 +310,47 @@ async fn rotate_now_requests_join_the_one_in_flight() {
     assert_ne!(third.id, first.id);
     e.run_once().await.unwrap();
     match store
-        .request_rotation("cert/t/web", "CN=ops", None, Some("k1"))
+        .request_rotation_audited(&keyed("CN=ops", "k1", "d0"), None)
         .await
         .unwrap()
     {
         RequestOutcome::Existing(r) => assert_eq!(r.id, third.id),
         other => panic!("{other:?}"),
     }
+    // The same key with another request body is a conflict, not a replay...
+    assert!(matches!(
+        store
+            .request_rotation_audited(&keyed("CN=ops", "k1", "d1"), None)
+            .await
+            .unwrap(),
+        RequestOutcome::KeyConflict
+    ));
+    // ...and another caller's key of the same name is its own: a new rotation.
+    match store
+        .request_rotation_audited(&keyed("CN=other", "k1", "d0"), None)
+        .await
+        .unwrap()
+    {
+        RequestOutcome::Queued(r) => assert_ne!(r.id, third.id),
+        other => panic!("{other:?}"),
+    }
+    e.run_once().await.unwrap();
     // No scheduled work is due, so nothing else ran.
     assert_eq!(e.run_once().await.unwrap(), 0);
+}
+
+/// A "rotate now" of `cert/t/web` by `actor` with idempotency key `key`
+/// and request digest `digest`.
+fn keyed<'a>(actor: &'a str, key: &'a str, digest: &'a str) -> ManualRequest<'a> {
+    ManualRequest {
+        name: "cert/t/web",
+        actor,
+        reason: None,
+        idempotency: Some(Idempotency {
+            key,
+            request_sha256: digest,
+        }),
+    }
 }
 
 #[tokio::test]

@@ -14,6 +14,7 @@ use uuid::Uuid;
 use crate::{
     api::{
         auth::Action,
+        authz::{Call, Intent},
         context::Shared,
         extract::{QueryParams, Req},
         paging::{self, List},
@@ -33,7 +34,7 @@ pub async fn list_backups(
     req: Req,
     QueryParams(q): QueryParams<BackupsQuery>,
 ) -> Result<Json<BackupList>, HttpError> {
-    s.authorize(&req, Action::ListBackups, None, None).await?;
+    s.authorize(&req, Action::ListBackups, None).await?;
     let limit = paging::limit(q.limit.as_deref())?;
     let filter = ListFilter {
         include_pruned: q.include_pruned.unwrap_or(false),
@@ -62,24 +63,21 @@ pub async fn list_backups(
         (status = 201, description = "The completed backup's record", body = Object),
         (status = 501, description = "[backup] and [etcd] are not configured on this server", body = Problem, content_type = "application/problem+json")))]
 pub async fn run_backup(State(s): State<Shared>, req: Req) -> Result<Response, HttpError> {
-    let action = Action::RunBackup;
-    let caller = s.authorize(&req, action, None, None).await?;
-    let result = async {
-        let caps = &s.api.capabilities;
+    let intent = Intent::new(Action::RunBackup, "etcd");
+    let state = s.clone();
+    s.mutating(req, intent, Ok(()), move |call: Call<()>| async move {
+        let caps = &state.api.capabilities;
         let (Some(backup), Some(etcd)) = (caps.backup.clone(), caps.etcd.clone()) else {
             return Err(HttpError::NotImplemented(
                 "backups are not configured on this server: set [backup] and [etcd]".into(),
             ));
         };
-        let store = s.api.store.clone();
-        let opts = crate::backup::RunOptions::quiet(caller.actor.clone());
-        // Run to the end even if the caller goes away or the request times out.
-        let record =
-            tokio::spawn(
-                async move { crate::backup::run_backup(&store, &backup, &etcd, &opts).await },
-            )
+        let mut opts = crate::backup::RunOptions::quiet(call.caller.actor.clone());
+        // The backup's own `backup.run` event (target: the object) is this
+        // request's, committed with the backup's completed or failed row.
+        opts.audit = Some(call.ticket.clone());
+        let record = crate::backup::run_backup(&state.api.store, &backup, &etcd, &opts)
             .await
-            .map_err(|e| HttpError::internal("the backup task failed", e))?
             .map_err(|e| match e {
                 crate::backup::BackupError::Snapshot(_) => HttpError::unavailable(
                     "the etcd snapshot could not be taken; see the server log for this request id",
@@ -89,7 +87,6 @@ pub async fn run_backup(State(s): State<Shared>, req: Req) -> Result<Response, H
             })?;
         let details = serde_json::json!({ "backup_id": record.id, "location": record.location });
         Ok(((StatusCode::CREATED, Json(record)).into_response(), details))
-    }
-    .await;
-    s.audit(&req, &caller, action, "etcd", None, result).await
+    })
+    .await
 }

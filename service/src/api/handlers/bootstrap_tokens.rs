@@ -14,8 +14,10 @@ use axum::{
 use crate::{
     api::{
         auth::Action,
+        authz::{Call, Intent},
         context::Shared,
-        extract::{PathParam, QueryParams, Req, parse_body},
+        extract::{PathName, QueryParams, Req, parse_body},
+        input,
         paging::{self, List},
         problem::{HttpError, Problem},
         views::{BootstrapTokenList, BootstrapTokenView, ListQuery, RotateRequest},
@@ -36,8 +38,7 @@ pub async fn list_bootstrap_tokens(
     req: Req,
     QueryParams(q): QueryParams<ListQuery>,
 ) -> Result<Json<BootstrapTokenList>, HttpError> {
-    s.authorize(&req, Action::ListBootstrapTokens, None, None)
-        .await?;
+    s.authorize(&req, Action::ListBootstrapTokens, None).await?;
     let limit = paging::limit(q.limit.as_deref())?;
     let key = s.paging.get(&s.api.store).await?;
     let pager = key.pager(List::BootstrapTokens, serde_json::Value::Null);
@@ -73,41 +74,45 @@ pub async fn list_bootstrap_tokens(
 pub async fn revoke_bootstrap_token(
     State(s): State<Shared>,
     req: Req,
-    PathParam(id): PathParam<String>,
+    id: PathName,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, HttpError> {
-    let action = Action::RevokeBootstrapToken;
     let parsed = parse_body::<RotateRequest>(&headers, &body);
-    let reason = parsed
+    let asked_reason = parsed
         .as_ref()
         .ok()
         .and_then(|b| b.as_ref())
-        .and_then(|b| b.reason.clone());
-    let caller = s
-        .authorize(&req, action, Some(&id), reason.as_deref())
-        .await?;
-    let result = async {
-        parsed?;
-        if id.len() != 6 || !id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()) {
-            return Err(HttpError::BadRequest(format!(
-                "`{id}` is not a bootstrap token id ([a-z0-9]{{6}})"
-            )));
-        }
-        let client = s.api.kube.clone().ok_or_else(|| {
+        .and_then(|b| b.reason.clone())
+        .filter(|r| !r.trim().is_empty());
+    let checked = check_revoke(&id, parsed);
+    let intent = Intent::new(
+        Action::RevokeBootstrapToken,
+        &format!("bootstrap-token/{}", id.shown()),
+    )
+    .reason(asked_reason.as_deref())
+    .rbac_name(checked.as_ref().ok().map(String::as_str));
+    let state = s.clone();
+    s.mutating(req, intent, checked, move |call: Call<String>| async move {
+        let id = call.input;
+        let client = state.api.kube.clone().ok_or_else(|| {
             HttpError::NotImplemented(
                 "bootstrap tokens cannot be revoked here: no Kubernetes client is configured ([kubernetes] or in-cluster)".into(),
             )
         })?;
-        let config = s.api.capabilities.bootstrap_tokens.clone().unwrap_or_default();
-        let outcome = bootstrap::revoke(
-            &s.api.store,
+        let config = state.api.capabilities.bootstrap_tokens.clone().unwrap_or_default();
+        // A revocation is three steps (claim, delete the Secret, mark
+        // revoked); this task owns them, and the request's event commits
+        // with the `revoked` row.
+        let outcome = bootstrap::revoke_audited(
+            &state.api.store,
             &client,
             &config,
             &id,
             "manual",
             None,
-            &caller.actor,
+            &call.caller.actor,
+            Some(&call.ticket),
         )
         .await
         .map_err(|e| {
@@ -130,8 +135,27 @@ pub async fn revoke_bootstrap_token(
             }
         };
         Ok((Json(body.clone()).into_response(), body))
+    })
+    .await
+}
+
+/// Checks the token id and the optional body before anything touches the database.
+fn check_revoke(
+    id: &PathName,
+    body: Result<Option<RotateRequest>, HttpError>,
+) -> Result<String, HttpError> {
+    let id = id.get()?;
+    if id.len() != 6
+        || !id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+    {
+        return Err(HttpError::BadRequest(format!(
+            "`{id}` is not a bootstrap token id ([a-z0-9]{{6}})"
+        )));
     }
-    .await;
-    s.audit(&req, &caller, action, &id, reason.as_deref(), result)
-        .await
+    if let Some(reason) = body?.and_then(|b| b.reason) {
+        input::check_reason(&reason).map_err(HttpError::BadRequest)?;
+    }
+    Ok(id.to_string())
 }

@@ -15,8 +15,10 @@ use super::rotations::wait_finished;
 use crate::{
     api::{
         auth::Action,
+        authz::{Call, Intent},
         context::Shared,
-        extract::{PathParam, QueryParams, Req, parse_body},
+        extract::{PathName, QueryParams, Req, parse_body},
+        input,
         paging::{self, List},
         problem::{HttpError, Problem},
         views::{
@@ -24,14 +26,8 @@ use crate::{
             RotateQuery, RotateRequest, RotationView,
         },
     },
-    store::rotations::RequestOutcome,
+    store::rotations::{Idempotency, ManualRequest, RequestOutcome},
 };
-
-/// Longest accepted `reason`, in bytes.
-const MAX_REASON: usize = 1024;
-
-/// Longest accepted `Idempotency-Key`.
-const MAX_IDEMPOTENCY_KEY: usize = 255;
 
 /// Rotations shown with a credential.
 const RECENT_ROTATIONS: i64 = 10;
@@ -49,8 +45,7 @@ pub async fn list_credentials(
     req: Req,
     QueryParams(q): QueryParams<ListQuery>,
 ) -> Result<Response, HttpError> {
-    s.authorize(&req, Action::ListCredentials, None, None)
-        .await?;
+    s.authorize(&req, Action::ListCredentials, None).await?;
     let limit = paging::limit(q.limit.as_deref())?;
     let key = s.paging.get(&s.api.store).await?;
     let pager = key.pager(List::Credentials, serde_json::Value::Null);
@@ -89,21 +84,22 @@ pub async fn list_credentials(
     params(("name" = String, Path, description = "Credential name, URL-encoded (`cert%2Fdefault%2Fweb-tls`)", min_length = 1, max_length = 253)),
     responses(
         (status = 200, description = "The credential and its latest rotations", body = CredentialDetail),
+        (status = 400, description = "The name is not 1 to 253 bytes of UTF-8 without control characters", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No credential of that name", body = Problem, content_type = "application/problem+json")))]
 pub async fn get_credential(
     State(s): State<Shared>,
     req: Req,
-    PathParam(name): PathParam<String>,
+    name: PathName,
 ) -> Result<Json<CredentialDetail>, HttpError> {
-    s.authorize(&req, Action::GetCredential, Some(&name), None)
-        .await?;
-    let Some(c) = s.api.store.credential(&name).await? else {
+    let name = name.get()?;
+    s.authorize(&req, Action::GetCredential, Some(name)).await?;
+    let Some(c) = s.api.store.credential(name).await? else {
         return Err(HttpError::NotFound(format!("no credential named `{name}`")));
     };
     let recent_rotations = s
         .api
         .store
-        .rotations_of(&name, RECENT_ROTATIONS)
+        .rotations_of(name, RECENT_ROTATIONS)
         .await?
         .into_iter()
         .map(RotationView::from)
@@ -118,7 +114,7 @@ pub async fn get_credential(
     params(
         ("name" = String, Path, description = "Credential name, URL-encoded", min_length = 1, max_length = 253),
         RotateQuery,
-        ("Idempotency-Key" = Option<String>, Header, description = "Retries with the same key get the same rotation", max_length = 255)),
+        ("Idempotency-Key" = Option<String>, Header, description = "Retries with the same key and body get the same rotation (keys belong to the caller and the credential, and are kept 24 hours)", max_length = 255)),
     request_body(content = Option<RotateRequest>, content_type = "application/json", description = "Optional reason for the audit record"),
     responses(
         (status = 200, description = "`?wait=true`: the rotation has finished", body = RotationView,
@@ -126,81 +122,78 @@ pub async fn get_credential(
         (status = 202, description = "Queued (or joined the rotation already in flight)", body = RotationView,
             headers(("Location" = String, description = "/v1/rotations/{id}"))),
         (status = 404, description = "No managed credential of that name", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "The Idempotency-Key was used for another credential", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "The name (1 to 253 bytes of UTF-8, no control characters), a query parameter, the reason (at most 1024 bytes, no control characters) or the Idempotency-Key is not acceptable", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "This caller used the Idempotency-Key for this credential with a different body within the last 24 hours", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "The body is not JSON", body = Problem, content_type = "application/problem+json")))]
 pub async fn rotate_credential(
     State(s): State<Shared>,
     req: Req,
-    PathParam(name): PathParam<String>,
-    QueryParams(query): QueryParams<RotateQuery>,
+    name: PathName,
+    query: Result<QueryParams<RotateQuery>, HttpError>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, HttpError> {
-    let action = Action::RotateCredential;
     let parsed = parse_body::<RotateRequest>(&headers, &body);
-    let reason = parsed
+    let asked_reason = parsed
         .as_ref()
         .ok()
         .and_then(|b| b.as_ref())
         .and_then(|b| b.reason.clone())
         .filter(|r| !r.trim().is_empty());
-    let caller = s
-        .authorize(&req, action, Some(&name), reason.as_deref())
-        .await?;
-    let result = async {
-        parsed?;
-        if reason.as_ref().is_some_and(|r| r.len() > MAX_REASON) {
-            return Err(HttpError::BadRequest(format!(
-                "reason is longer than {MAX_REASON} bytes"
-            )));
-        }
-        let key = match headers.get("idempotency-key") {
-            None => None,
-            Some(v) => {
-                let k = v.to_str().ok().filter(|k| {
-                    !k.is_empty()
-                        && k.len() <= MAX_IDEMPOTENCY_KEY
-                        && k.bytes().all(|b| b.is_ascii_graphic())
-                });
-                Some(k.ok_or_else(|| {
-                    HttpError::BadRequest(format!(
-                        "Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} visible ASCII characters"
-                    ))
-                })?)
-            }
-        };
-        let outcome = s
-            .api
-            .store
-            .request_rotation(&name, &caller.actor, reason.as_deref(), key)
-            .await?;
-        let (rotation, joined) = match outcome {
-            RequestOutcome::Queued(r) => (r, false),
-            RequestOutcome::Existing(r) => (r, true),
-            RequestOutcome::NotFound => {
-                return Err(HttpError::NotFound(format!(
-                    "no managed credential named `{name}`"
-                )));
-            }
-        };
-        if rotation.credential != name {
-            return Err(HttpError::Conflict(
-                "this Idempotency-Key was already used for another credential".into(),
-            ));
-        }
-        let details = serde_json::json!({ "rotation_id": rotation.id, "joined": joined });
-        Ok((rotation, details))
-    }
-    .await;
+    let checked = check_rotate(&name, query, parsed, &headers);
+    let intent = Intent::new(Action::RotateCredential, &name.shown())
+        .reason(asked_reason.as_deref())
+        .rbac_name(checked.as_ref().ok().map(|c| c.name.as_str()));
+    let wait = checked.as_ref().is_ok_and(|c| c.wait);
+    let store = s.api.store.clone();
     let rotation = s
-        .audit(&req, &caller, action, &name, reason.as_deref(), result)
+        .mutating(
+            req,
+            intent,
+            checked,
+            move |call: Call<RotateInput>| async move {
+                let input = &call.input;
+                let idempotency = input.key.as_deref().map(|key| Idempotency {
+                    key,
+                    request_sha256: &input.digest,
+                });
+                let request = ManualRequest {
+                    name: &input.name,
+                    actor: &call.caller.actor,
+                    reason: input.reason.as_deref(),
+                    idempotency,
+                };
+                let outcome = store
+                    .request_rotation_audited(&request, Some(&call.ticket))
+                    .await?;
+                let (rotation, joined) = match outcome {
+                    RequestOutcome::Queued(r) => (r, false),
+                    RequestOutcome::Existing(r) => (r, true),
+                    RequestOutcome::NotFound => {
+                        return Err(HttpError::NotFound(format!(
+                            "no managed credential named `{}`",
+                            input.name
+                        )));
+                    }
+                    RequestOutcome::KeyConflict => {
+                        return Err(HttpError::Conflict(format!(
+                            "this Idempotency-Key was used with a different request body for this \
+                         credential within the last {} hours: use a new key for a new request",
+                            crate::store::rotations::IDEMPOTENCY_KEY_TTL.as_secs() / 3600
+                        )));
+                    }
+                };
+                let details = serde_json::json!({ "rotation_id": rotation.id, "joined": joined });
+                Ok((rotation, details))
+            },
+        )
         .await?;
-    let rotation = if query.wait == Some(true) {
+    let rotation = if wait {
         wait_finished(&s, rotation).await?
     } else {
         rotation
     };
-    let status = if rotation.is_finished() && query.wait == Some(true) {
+    let status = if rotation.is_finished() && wait {
         StatusCode::OK
     } else {
         StatusCode::ACCEPTED
@@ -211,4 +204,46 @@ pub async fn rotate_credential(
         resp.headers_mut().insert(header::LOCATION, v);
     }
     Ok(resp)
+}
+
+/// The checked input of "rotate now".
+struct RotateInput {
+    name: String,
+    wait: bool,
+    reason: Option<String>,
+    key: Option<String>,
+    /// What the idempotency key remembers of the request.
+    digest: String,
+}
+
+/// Checks everything "rotate now" takes before anything touches the database.
+fn check_rotate(
+    name: &PathName,
+    query: Result<QueryParams<RotateQuery>, HttpError>,
+    body: Result<Option<RotateRequest>, HttpError>,
+    headers: &HeaderMap,
+) -> Result<RotateInput, HttpError> {
+    let name = name.get()?.to_string();
+    let QueryParams(query) = query?;
+    let reason = body?
+        .and_then(|b| b.reason)
+        .filter(|r| !r.trim().is_empty());
+    if let Some(r) = &reason {
+        input::check_reason(r).map_err(HttpError::BadRequest)?;
+    }
+    let key = headers
+        .get("idempotency-key")
+        .map(|v| input::idempotency_key(v.as_bytes()).map(str::to_string))
+        .transpose()
+        .map_err(HttpError::BadRequest)?;
+    let digest = input::request_digest(&RotateRequest {
+        reason: reason.clone(),
+    });
+    Ok(RotateInput {
+        name,
+        wait: query.wait == Some(true),
+        reason,
+        key,
+        digest,
+    })
 }

@@ -11,6 +11,7 @@ use axum::{
 
 use crate::api::{
     auth::Action,
+    authz::{Call, Intent},
     context::Shared,
     extract::{Req, parse_body},
     problem::{HttpError, Problem},
@@ -29,12 +30,12 @@ pub async fn verify_etcd(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, HttpError> {
-    let action = Action::VerifyEtcd;
-    let parsed = parse_body::<crate::etcd::verify::VerifyRequest>(&headers, &body);
-    let caller = s.authorize(&req, action, None, None).await?;
-    let result = async {
-        let request = parsed?.unwrap_or_default();
-        let opts = s
+    let checked = parse_body::<crate::etcd::verify::VerifyRequest>(&headers, &body)
+        .map(Option::unwrap_or_default);
+    let intent = Intent::new(Action::VerifyEtcd, "etcd");
+    let state = s.clone();
+    s.mutating(req, intent, checked, move |call: Call<crate::etcd::verify::VerifyRequest>| async move {
+        let opts = state
             .api
             .capabilities
             .etcd
@@ -45,21 +46,18 @@ pub async fn verify_etcd(
                     "etcd verification is not configured on this server: set [etcd] endpoints and encryption_config".into(),
                 )
             })?;
-        let opts = request
+        let opts = call
+            .input
             .apply(opts)
             .map_err(|(field, msg)| HttpError::BadRequest(format!("{field}: {msg}")))?;
-        let store = s.api.store.clone();
-        // Run to the end even if the caller goes away: the check is recorded.
-        let (report, check_id) = tokio::spawn(async move {
-            crate::etcd::verify::verify_and_record(
-                &opts,
-                Some(&store),
-                crate::etcd::db::Trigger::Api,
-            )
-            .await
-        })
+        // The check's row and this request's audit event commit together.
+        let (report, check_id) = crate::etcd::verify::verify_and_record_audited(
+            &opts,
+            Some(&state.api.store),
+            crate::etcd::db::Trigger::Api,
+            Some(&call.ticket),
+        )
         .await
-        .map_err(|e| HttpError::internal("the verification task failed", e))?
         .map_err(|e| match e {
             crate::etcd::VerifyError::Connect(_) | crate::etcd::VerifyError::Scan(_) => {
                 HttpError::unavailable(
@@ -71,7 +69,6 @@ pub async fn verify_etcd(
         })?;
         let details = serde_json::json!({ "check_id": check_id, "exit_code": report.exit_code });
         Ok((Json(report).into_response(), details))
-    }
-    .await;
-    s.audit(&req, &caller, action, "etcd", None, result).await
+    })
+    .await
 }

@@ -29,7 +29,7 @@ const READY_DB_TIMEOUT: Duration = Duration::from_secs(2);
 #[utoipa::path(get, path = "/metrics", tag = "operations",
     responses((status = 200, description = "Prometheus text exposition", body = String, content_type = "text/plain")))]
 pub async fn metrics_authed(State(s): State<Shared>, req: Req) -> Result<Response, HttpError> {
-    s.authorize(&req, Action::ReadMetrics, None, None).await?;
+    s.authorize(&req, Action::ReadMetrics, None).await?;
     Ok(metrics_response(&s.api).await)
 }
 

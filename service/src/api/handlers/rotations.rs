@@ -62,7 +62,7 @@ pub async fn get_rotation(
     req: Req,
     PathParam(id): PathParam<Uuid>,
 ) -> Result<Json<RotationView>, HttpError> {
-    s.authorize(&req, Action::GetRotation, None, None).await?;
+    s.authorize(&req, Action::GetRotation, None).await?;
     match s.api.store.rotation(id).await? {
         Some(r) => Ok(Json(r.into())),
         None => Err(HttpError::NotFound(format!("no rotation with id {id}"))),

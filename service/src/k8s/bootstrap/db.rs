@@ -9,7 +9,7 @@ use serde::Serialize;
 use super::model::{Join, Policy, TokenInfo};
 use crate::store::{
     Store, StoreError,
-    audit::{NewEvent, Outcome, record_many},
+    audit::{NewEvent, Outcome, Ticket, record_many},
     credentials::{self, Discovered, kind},
 };
 
@@ -304,8 +304,14 @@ pub async fn claim_revocation(
 }
 
 /// `revoking` → `revoked`, with the audit event, in one transaction; false
-/// if another caller finished it first.
-pub async fn finish_revocation(store: &Store, id: &str, actor: &str) -> Result<bool, StoreError> {
+/// if another caller finished it first. With `audit` (an API request), the
+/// event is the request's (its request id; its reason, if it gave one).
+pub async fn finish_revocation(
+    store: &Store,
+    id: &str,
+    actor: &str,
+    audit: Option<&Ticket>,
+) -> Result<bool, StoreError> {
     let mut tx = store.pool().begin().await?;
     let row: Option<(Option<String>, Option<String>)> = sqlx::query_as(
         "UPDATE bootstrap_tokens SET state = 'revoked', revoked_at = now(), revoked_by = $2, updated_at = now()
@@ -325,17 +331,25 @@ pub async fn finish_revocation(store: &Store, id: &str, actor: &str) -> Result<b
     .bind(id)
     .fetch_all(&mut *tx)
     .await?;
-    let mut ev = NewEvent::new(
-        actor,
-        "bootstrap_token.revoke",
-        format!("bootstrap-token/{id}"),
-        Outcome::Success,
-    );
-    ev.reason = reason;
-    ev.details = serde_json::json!({"node": node, "csrs": csrs, "secret": format!("kube-system/bootstrap-token-{id}")});
-    record_many(&mut *tx, std::slice::from_ref(&ev)).await?;
+    let details = serde_json::json!({"node": node, "csrs": csrs, "secret": format!("kube-system/bootstrap-token-{id}"), "trigger": reason});
+    let mut ev = match audit {
+        Some(t) => t.event(Outcome::Success, details),
+        None => {
+            let mut ev = NewEvent::new(actor, "bootstrap_token.revoke", "", Outcome::Success);
+            ev.details = details;
+            ev
+        }
+    };
+    ev.target = format!("bootstrap-token/{id}");
+    ev.reason = ev.reason.or(reason);
     credentials::remove_discovered(&mut tx, &credential_name(id)).await?;
-    tx.commit().await?;
+    match audit {
+        Some(t) => t.commit_with(tx, &ev).await?,
+        None => {
+            record_many(&mut *tx, std::slice::from_ref(&ev)).await?;
+            tx.commit().await?;
+        }
+    }
     Ok(true)
 }
 

@@ -44,7 +44,7 @@ use crate::{
     schedule::jobs::every,
     store::{
         Store,
-        audit::{NewEvent, Outcome},
+        audit::{NewEvent, Outcome, Ticket},
     },
 };
 
@@ -107,11 +107,12 @@ pub async fn finish(
     id: &str,
     uid: Option<&str>,
     actor: &str,
+    audit: Option<&Ticket>,
 ) -> Result<bool, K8sError> {
     crate::crash::point("bootstrap-after-claim");
     delete_secret(client, id, uid).await?;
     crate::crash::point("bootstrap-after-delete");
-    let done = db::finish_revocation(store, id, actor).await?;
+    let done = db::finish_revocation(store, id, actor, audit).await?;
     if done {
         tracing::info!(token = id, "bootstrap token revoked");
     }
@@ -129,6 +130,22 @@ pub async fn revoke(
     reason: &str,
     node: Option<&str>,
     actor: &str,
+) -> Result<RevokeOutcome, K8sError> {
+    revoke_audited(store, client, config, id, reason, node, actor, None).await
+}
+
+/// [`revoke`], for a caller with an audit event of its own (an API
+/// request): it is the revocation's event, committed with the `revoked` row.
+#[allow(clippy::too_many_arguments)]
+pub async fn revoke_audited(
+    store: &Store,
+    client: &kube::Client,
+    config: &BootstrapTokensConfig,
+    id: &str,
+    reason: &str,
+    node: Option<&str>,
+    actor: &str,
+    audit: Option<&Ticket>,
 ) -> Result<RevokeOutcome, K8sError> {
     if db::token(store, id).await?.is_none() {
         let name = format!("{}{id}", model::SECRET_PREFIX);
@@ -148,7 +165,7 @@ pub async fn revoke(
     }
     match db::claim_revocation(store, id, reason, node).await? {
         Some(uid) => {
-            finish(store, client, id, uid.as_deref(), actor).await?;
+            finish(store, client, id, uid.as_deref(), actor, audit).await?;
             Ok(RevokeOutcome::Revoked)
         }
         None => {
@@ -250,7 +267,7 @@ impl Watcher {
                 if let Some(uid) =
                     db::claim_revocation(&self.store, id, reason, node.as_deref()).await?
                 {
-                    finish(&self.store, &self.client, id, uid.as_deref(), ACTOR).await?;
+                    finish(&self.store, &self.client, id, uid.as_deref(), ACTOR, None).await?;
                 }
                 Ok(())
             }
@@ -500,6 +517,7 @@ impl Watcher {
                     &id,
                     t.secret_uid.as_deref(),
                     ACTOR,
+                    None,
                 )
                 .await?;
             }
