@@ -63,7 +63,7 @@ pub async fn run_backup(
 ) -> Result<BackupRecord, BackupError> {
     let started = Instant::now();
     let kek = kek::Kek::load(&backup.kek_file)?;
-    let destination = location::Destination::parse(&backup.destination, &backup.s3())?;
+    let destination = location::Destination::parse(&backup.destination, &backup.store_settings())?;
     let id = Uuid::new_v4();
     let target = destination.object(&object_name(Utc::now(), id));
     let row = db::insert_running(
