@@ -84,7 +84,11 @@ fn bash_script_loads_and_completes() {
         ))
     };
     let first = offered("rekey ba");
-    assert_eq!(first.split_whitespace().collect::<Vec<_>>(), ["backup"], "{first}");
+    assert_eq!(
+        first.split_whitespace().collect::<Vec<_>>(),
+        ["backup"],
+        "{first}"
+    );
     let mut second: Vec<String> = offered("rekey backup r")
         .split_whitespace()
         .map(String::from)
