@@ -14,6 +14,7 @@
 //! completions    `rekey completions` scripts (bash loaded and completing)
 //! crash_points   an abort at every crash point converges after restart
 //! deploy         the manifests in deploy/ and the image's binary
+//! quiet          read-only commands print their result, nothing on stderr
 //! fuzz_corpus_replay, ha, leader, outages, secret_hygiene, store
 //! ```
 //!
@@ -38,5 +39,6 @@ mod ha;
 mod kube;
 mod leader;
 mod outages;
+mod quiet;
 mod secret_hygiene;
 mod store;

@@ -43,6 +43,11 @@ impl DbArgs {
 
     /// Connects to the database named by the flags, applying migrations.
     pub async fn connect(&self) -> anyhow::Result<Store> {
+        Ok(self.connect_migrated().await?.0)
+    }
+
+    /// [`Self::connect`], with how many migrations it applied.
+    pub async fn connect_migrated(&self) -> anyhow::Result<(Store, usize)> {
         let config = self.load_config()?;
         let url = match (&self.database_url, &config) {
             (Some(u), _) => u.clone(),
