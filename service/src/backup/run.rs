@@ -116,7 +116,9 @@ pub async fn run_backup(
                 "kek_id": record.kek_id, "etcd_revision": record.etcd_revision,
             });
             store.audit(event).await?;
-            tracing::info!(backup = %id, location = %record.location, bytes = enc.ciphertext_bytes, "backup completed");
+            // `rekey backup run` prints the record, `serve`'s schedule logs it
+            // ("scheduled backup completed"), the API answers with it.
+            tracing::debug!(backup = %id, location = %record.location, bytes = enc.ciphertext_bytes, "backup completed");
             Ok(record)
         }
         Err(e) => {

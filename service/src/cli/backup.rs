@@ -544,8 +544,13 @@ async fn prune_cmd(a: PruneArgs) -> anyhow::Result<ExitCode> {
         for r in &report.pruned {
             println!("{verb} backup {} ({})", r.id, r.location);
         }
+        let summary = if a.dry_run {
+            "would be deleted"
+        } else {
+            "deleted"
+        };
         println!(
-            "{} backup(s) {verb}, {} completed backup(s) kept",
+            "{} backup(s) {summary}, {} completed backup(s) kept",
             report.pruned.len(),
             report.kept
         );

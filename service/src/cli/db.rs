@@ -19,9 +19,8 @@ pub struct DbArgs {
     #[arg(long, env = "REKEY_CONFIG")]
     pub config: Option<PathBuf>,
     /// Postgres URL (overrides the config file).
-    ///
-    /// It may hold a password: kept in a redacting type, so `Debug` of the
-    /// parsed arguments never shows it.
+    // It may hold a password: kept in a redacting type, so `Debug` of the
+    // parsed arguments never shows it (a `//` comment: not `--help` text).
     #[arg(long, env = "DATABASE_URL", hide_env_values = true, value_parser = secret_arg)]
     pub database_url: Option<SecretString>,
 }
