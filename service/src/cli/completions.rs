@@ -3,7 +3,7 @@
 
 use std::{io::Write, process::ExitCode};
 
-use clap::{Args, CommandFactory, ValueEnum};
+use clap::{Args, ValueEnum};
 
 /// Print a shell completion script (bash, zsh, fish)
 ///
@@ -31,9 +31,9 @@ enum Shell {
     Fish,
 }
 
-/// The completion script for `shell`, for the binary named `rekey`.
-fn script(shell: Shell) -> Vec<u8> {
-    let mut cmd = super::Cli::command();
+/// The completion script for `shell` of `cmd` (the whole command tree), for
+/// the binary named `rekey`.
+fn script(shell: Shell, mut cmd: clap::Command) -> Vec<u8> {
     let mut out = Vec::new();
     match shell {
         Shell::Bash => {
@@ -49,11 +49,12 @@ fn script(shell: Shell) -> Vec<u8> {
     out
 }
 
-/// Runs `rekey completions SHELL`.
-pub fn run(args: CompletionsArgs) -> anyhow::Result<ExitCode> {
+/// Runs `rekey completions SHELL` for `cmd`, the whole command tree (passed
+/// in by `cli/mod.rs`, which owns it).
+pub fn run(args: CompletionsArgs, cmd: clap::Command) -> anyhow::Result<ExitCode> {
     let mut stdout = std::io::stdout().lock();
     match stdout
-        .write_all(&script(args.shell))
+        .write_all(&script(args.shell, cmd))
         .and_then(|()| stdout.flush())
     {
         // `rekey completions bash | head` is not an error.
@@ -66,6 +67,8 @@ pub fn run(args: CompletionsArgs) -> anyhow::Result<ExitCode> {
 
 #[cfg(test)]
 mod tests {
+    use clap::CommandFactory;
+
     use super::*;
 
     #[test]
@@ -74,7 +77,7 @@ mod tests {
         let names: Vec<&str> = cmd.get_subcommands().map(|c| c.get_name()).collect();
         assert!(names.contains(&"completions") && names.contains(&"backup"));
         for shell in [Shell::Bash, Shell::Zsh, Shell::Fish] {
-            let text = String::from_utf8(script(shell)).expect("utf-8");
+            let text = String::from_utf8(script(shell, cmd.clone())).expect("utf-8");
             for name in &names {
                 assert!(text.contains(name), "{shell:?}: {name} missing");
             }

@@ -34,7 +34,7 @@ pub mod token;
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 
 use crate::error::{exit_code, report};
 
@@ -144,6 +144,6 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Etcd(cmd) => etcd::run(cmd).await,
         Command::Backup(cmd) => backup::run(cmd).await,
         Command::Migrate(args) => migrate::run(args).await,
-        Command::Completions(args) => completions::run(args),
+        Command::Completions(args) => completions::run(args, Cli::command()),
     }
 }
