@@ -79,3 +79,27 @@ async fn a_new_database_is_migrated_without_a_word_and_migrate_says_what_it_did(
         format!("the database schema is up to date ({all} migrations)")
     );
 }
+
+#[tokio::test]
+async fn a_database_that_does_not_exist_is_named_once_not_at_every_retry() {
+    let db = fresh_db().await;
+    let (base, _) = db.url.rsplit_once('/').expect("a URL with a database");
+    let missing = format!("{base}/no_such_database_here");
+    let (code, out, err) = rekey_default_log(&["status"], &missing);
+    assert_eq!(code, 1, "{out}{err}");
+    let said = "database \"no_such_database_here\" does not exist (SQLSTATE 3D000)";
+    assert!(
+        err.lines()
+            .last()
+            .is_some_and(|l| l.starts_with("error: ") && l.ends_with(said)),
+        "{err}"
+    );
+    // Retried while Postgres might be starting, but warned once, and no line
+    // numbers of Postgres' own source ("at line 948").
+    assert_eq!(
+        err.matches("not reachable yet").count(),
+        1,
+        "one warning for one cause:\n{err}"
+    );
+    assert!(!err.contains(" at line "), "{err}");
+}

@@ -39,12 +39,24 @@ impl Store {
             opts.get_port(),
             opts.get_database().unwrap_or("")
         );
-        let pool = PgPoolOptions::new()
+        let pool = match PgPoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(Duration::from_secs(10))
-            .connect_with(opts)
+            .connect_with(opts.clone())
             .await
-            .map_err(|source| StoreError::Connect { target, source })?;
+        {
+            Ok(pool) => pool,
+            // The pool says only that it timed out: one direct attempt says
+            // why (refused, no such database, authentication failed).
+            Err(sqlx::Error::PoolTimedOut) => {
+                let cause = match opts.connect().await {
+                    Err(e) => e,
+                    Ok(_) => sqlx::Error::PoolTimedOut,
+                };
+                return Err(StoreError::Connect { target, cause });
+            }
+            Err(cause) => return Err(StoreError::Connect { target, cause }),
+        };
         Ok(Self { pool })
     }
 
@@ -56,13 +68,21 @@ impl Store {
     ) -> Result<Self, StoreError> {
         let deadline = tokio::time::Instant::now() + patience;
         let mut delay = Duration::from_millis(100);
+        let mut last_warned = String::new();
         loop {
             match Self::connect(url, max_connections).await {
                 Ok(s) => return Ok(s),
                 Err(e @ StoreError::BadUrl(_)) => return Err(e),
                 Err(e) if tokio::time::Instant::now() + delay > deadline => return Err(e),
                 Err(e) => {
-                    tracing::warn!(error = %e, "Postgres not reachable yet; retrying");
+                    // Once per distinct error: the same line again says nothing new.
+                    let text = e.to_string();
+                    if text != last_warned {
+                        tracing::warn!(error = %text, "Postgres not reachable yet; retrying");
+                        last_warned = text;
+                    } else {
+                        tracing::debug!(error = %text, "Postgres still not reachable; retrying");
+                    }
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(5));
                 }
