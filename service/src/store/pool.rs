@@ -95,6 +95,12 @@ impl Store {
         Self { pool }
     }
 
+    /// Closes every connection (waiting for those in use to come back): before
+    /// stopping a Postgres this process started, so no connection finds it gone.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
     /// The pool, for queries in other modules' store files.
     pub fn pool(&self) -> &PgPool {
         &self.pool
