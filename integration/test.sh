@@ -27,7 +27,7 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
 
-# --- Python tools (S3 endpoint, independent encoders, API fuzzing, manifests) --
+# --- Python tools (S3 and GCS endpoints, independent encoders, API fuzzing, manifests)
 venv="$root/target/pyenv"
 # A venv whose pip is missing (an earlier ensurepip failure) is made again.
 make_venv() {

@@ -2,8 +2,8 @@
 //!
 //! Real parts only: a throwaway Postgres cluster per test process (each
 //! test gets a fresh database), the release or debug `rekey` binary driven as a
-//! user would, and (in their modules) etcd, an S3 endpoint and a Kubernetes
-//! API stand-in. A missing service fails the test with a message saying how
+//! user would, and (in their modules) etcd, S3 and Google Cloud Storage endpoints and a
+//! Kubernetes API stand-in. A missing service fails the test with a message saying how
 //! to install it; nothing is skipped. Tests wait on observable events with
 //! [`wait::eventually`], never a fixed sleep before an assertion.
 
@@ -11,6 +11,7 @@ pub mod api;
 pub mod bin;
 pub mod deploy;
 pub mod etcd;
+pub mod gcs;
 pub mod hygiene;
 pub mod k8s_values;
 pub mod kube;

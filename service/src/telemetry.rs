@@ -1,5 +1,7 @@
 //! Logs (tracing) and metrics (Prometheus), and `[metrics]`.
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::{EnvFilter, fmt, prelude::*};
 
 /// `[metrics]`
@@ -19,14 +21,42 @@ pub enum LogFormat {
     Json,
 }
 
+/// Where sqlx logs Postgres' notices (`NOTICE` at INFO).
+const PG_NOTICE_TARGET: &str = "sqlx::postgres::notice";
+
+/// The filter to install for the user's `filter`: Postgres notices ("relation
+/// ... already exists, skipping") are the database's chatter, not rekey's, so
+/// they show only when the user asks for debug output (or names sqlx in the
+/// filter); Postgres warnings still show.
+fn effective_filter(filter: &str) -> Result<EnvFilter, String> {
+    let parsed =
+        EnvFilter::try_new(filter).map_err(|e| format!("invalid filter `{filter}`: {e}"))?;
+    let debugging = parsed
+        .max_level_hint()
+        .is_some_and(|l| l >= tracing::level_filters::LevelFilter::DEBUG);
+    if debugging || filter.contains("sqlx") {
+        return Ok(parsed);
+    }
+    let directive = format!("{PG_NOTICE_TARGET}=warn")
+        .parse()
+        .expect("a valid directive");
+    Ok(parsed.add_directive(directive))
+}
+
 /// Installs the global subscriber; logs go to stderr so stdout stays for output.
 pub fn init_logging(filter: &str, format: LogFormat) -> Result<(), String> {
-    let filter =
-        EnvFilter::try_new(filter).map_err(|e| format!("invalid filter `{filter}`: {e}"))?;
+    let filter = effective_filter(filter)?;
     let registry = tracing_subscriber::registry().with(filter);
     let result = match format {
+        // Colours only for a person at a terminal: in `kubectl logs`, a file
+        // or a pipe, escape codes are noise.
         LogFormat::Text => registry
-            .with(fmt::layer().with_writer(std::io::stderr).with_target(false))
+            .with(
+                fmt::layer()
+                    .with_writer(std::io::stderr)
+                    .with_target(false)
+                    .with_ansi(std::io::stderr().is_terminal()),
+            )
             .try_init(),
         LogFormat::Json => registry
             .with(fmt::layer().json().with_writer(std::io::stderr))
@@ -99,4 +129,29 @@ fn describe_metrics() {
         "rekey_api_tls_handshake_failures_total",
         "TLS handshakes the admin API refused (no or untrusted client certificate, timeouts)."
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn postgres_notices_show_only_when_debugging() {
+        for (filter, hidden) in [
+            ("info", true),
+            ("warn", true),
+            ("rekey=info,warn", true),
+            ("debug", false),
+            ("info,rekey=debug", false),
+            ("info,sqlx=info", false),
+        ] {
+            let shown = effective_filter(filter).unwrap().to_string();
+            assert_eq!(
+                shown.contains("sqlx::postgres::notice=warn"),
+                hidden,
+                "{filter} -> {shown}"
+            );
+        }
+        assert!(effective_filter("=nonsense=").is_err());
+    }
 }

@@ -368,11 +368,26 @@ async fn three_replicas_one_killed_halfway_rotate_and_revoke_exactly_once() {
             "{}: failed rotations:\n{text}",
             r.id
         );
+        // ... and what the dashboard reads (deploy/components/monitoring).
+        assert!(
+            text.lines().any(|l| l
+                .strip_prefix("rekey_credentials{kind=\"certificate\",state=\"valid\"} ")
+                .is_some_and(|n| n.parse::<u64>().is_ok_and(|n| n > 0))),
+            "{}: no valid certificates counted:\n{text}",
+            r.id
+        );
         if text.contains("rekey_leader{job=\"bootstrap-tokens\"} 1") {
             assert!(
                 new_leader.replace(r.id).is_none(),
                 "two leaders export rekey_leader 1"
             );
+            // It revoked the tokens of the nodes that joined after the kill.
+            let revoked: f64 = text
+                .lines()
+                .find_map(|l| l.strip_prefix("rekey_bootstrap_tokens_revoked_total "))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0.0);
+            assert!(revoked >= 1.0, "{}: revocations not counted:\n{text}", r.id);
         }
     }
     let new_leader = new_leader.expect("a survivor leads the bootstrap-token watcher");

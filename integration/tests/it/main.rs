@@ -6,13 +6,15 @@
 //!
 //! ```text
 //! api/           the admin HTTP API (mTLS, tokens, `rekey dev`, schemathesis)
-//! backup/        `rekey backup` (format, run, prune, rewrap, Azure, CronJob)
+//! backup/        `rekey backup` (format, run, prune, rewrap, Azure, GCS, CronJob)
 //! engine/        the rotation engine (stepped, through the CLI and the binary)
 //! etcd/          encryption at rest (verify, rotate-key, checks, memory)
 //! kube/          Kubernetes (stand-in, sinks, tokens, bootstrap, RBAC, reload)
 //! architecture   the code map of service/src held to ARCHITECTURE.md
+//! completions    `rekey completions` scripts (bash loaded and completing)
 //! crash_points   an abort at every crash point converges after restart
 //! deploy         the manifests in deploy/ and the image's binary
+//! quiet          read-only commands print their result, nothing on stderr
 //! fuzz_corpus_replay, ha, leader, outages, secret_hygiene, store
 //! ```
 //!
@@ -27,6 +29,7 @@
 mod api;
 mod architecture;
 mod backup;
+mod completions;
 mod crash_points;
 mod deploy;
 mod engine;
@@ -36,5 +39,6 @@ mod ha;
 mod kube;
 mod leader;
 mod outages;
+mod quiet;
 mod secret_hygiene;
 mod store;

@@ -1,7 +1,7 @@
 //! The store against real Postgres: migrations and the append-only audit log.
 
 use rekey::store::audit::{NewEvent, Outcome};
-use rekey_integration::pg::fresh_db;
+use rekey_integration::pg::{empty_db, fresh_db};
 
 #[tokio::test]
 async fn audit_events_are_append_only() {
@@ -36,7 +36,12 @@ async fn audit_events_are_append_only() {
 
 #[tokio::test]
 async fn migrations_apply_twice_without_change() {
-    let db = fresh_db().await;
-    db.store.migrate().await.unwrap();
+    let db = empty_db().await;
+    let all = rekey::store::MIGRATOR
+        .iter()
+        .filter(|m| !m.migration_type.is_down_migration())
+        .count();
+    assert_eq!(db.store.migrate().await.unwrap(), all, "a new database");
+    assert_eq!(db.store.migrate().await.unwrap(), 0, "nothing pending");
     assert!(db.store.ready().await);
 }

@@ -1,7 +1,8 @@
 //! `/metrics`: the process's metrics (the Prometheus recorder) plus gauges
 //! read from Postgres at scrape time, rendered by hand: each credential's
-//! validity, next rotation and failures, and the newest completed backup.
-//! Every replica exports the same values.
+//! validity, next rotation and failures, how many are in each state, and the
+//! newest completed backup (when, how large). Every replica exports the same
+//! values.
 
 use std::time::Duration;
 
@@ -12,7 +13,7 @@ use axum::{
 use chrono::{DateTime, Utc};
 
 use super::state::ApiState;
-use crate::store::credentials::Credential;
+use crate::store::credentials::{Credential, State};
 
 /// A scrape gives the database this long for the gauges (they are left out after).
 const SCRAPE_DB_TIMEOUT: Duration = Duration::from_secs(2);
@@ -22,7 +23,7 @@ pub async fn metrics_response(state: &ApiState) -> Response {
     state.metrics.run_upkeep();
     let mut text = state.metrics.render();
     match tokio::time::timeout(SCRAPE_DB_TIMEOUT, state.store.list_credentials()).await {
-        Ok(Ok(creds)) => text.push_str(&credential_gauges(&creds)),
+        Ok(Ok(creds)) => text.push_str(&credential_gauges(&creds, Utc::now())),
         Ok(Err(e)) => tracing::warn!(error = %e, "credential gauges left out of /metrics"),
         Err(_) => tracing::warn!(
             "credential gauges left out of /metrics: the database did not answer in time"
@@ -30,11 +31,11 @@ pub async fn metrics_response(state: &ApiState) -> Response {
     }
     match tokio::time::timeout(
         SCRAPE_DB_TIMEOUT,
-        crate::backup::db::latest_completed_at(&state.store),
+        crate::backup::db::latest_completed(&state.store),
     )
     .await
     {
-        Ok(Ok(at)) => text.push_str(&backup_gauge(at)),
+        Ok(Ok(latest)) => text.push_str(&backup_gauge(latest)),
         Ok(Err(e)) => tracing::warn!(error = %e, "backup gauge left out of /metrics"),
         Err(_) => {
             tracing::warn!("backup gauge left out of /metrics: the database did not answer in time")
@@ -66,9 +67,12 @@ fn escape_label(v: &str) -> String {
 /// `rekey_credential_not_after_seconds`, `rekey_credential_not_before_seconds`,
 /// `rekey_credential_next_rotation_seconds` and
 /// `rekey_credential_rotation_failures`, straight from the inventory at scrape
-/// time (a removed credential disappears at once). Every replica exports the
-/// same values: alerts aggregate with `min`/`max by (name, kind)`.
-pub fn credential_gauges(creds: &[Credential]) -> String {
+/// time (a removed credential disappears at once), and `rekey_credentials`:
+/// how many credentials of each kind are in each state of `rekey status` at
+/// `now` (every state, zeros included, for each kind in the inventory).
+/// Every replica exports the same values: alerts aggregate with `min`/`max by
+/// (name, kind)`.
+pub fn credential_gauges(creds: &[Credential], now: DateTime<Utc>) -> String {
     use std::fmt::Write;
     let mut out = String::new();
     for (metric, help, pick) in [
@@ -106,21 +110,61 @@ pub fn credential_gauges(creds: &[Credential]) -> String {
             }
         }
     }
+    let mut counts: std::collections::BTreeMap<(&str, &str), u64> = Default::default();
+    for c in creds {
+        for state in STATES {
+            counts.entry((&c.kind, state.as_str())).or_default();
+        }
+        *counts.entry((&c.kind, c.state(now).as_str())).or_default() += 1;
+    }
+    let metric = "rekey_credentials";
+    let _ = writeln!(
+        out,
+        "# HELP {metric} Credentials of each kind in each state of `rekey status`."
+    );
+    let _ = writeln!(out, "# TYPE {metric} gauge");
+    for ((kind, state), n) in counts {
+        let _ = writeln!(
+            out,
+            "{metric}{{kind=\"{}\",state=\"{state}\"}} {n}",
+            escape_label(kind)
+        );
+    }
     out
 }
 
-/// `rekey_backup_latest_completed_timestamp_seconds` from the `backups` table
-/// (nothing before the first completed backup).
-pub fn backup_gauge(latest: Option<DateTime<Utc>>) -> String {
+/// Every state `rekey_credentials` reports, zeros included.
+const STATES: [State; 6] = [
+    State::Valid,
+    State::Expired,
+    State::Failing,
+    State::Pending,
+    State::NoExpiry,
+    State::Revoked,
+];
+
+/// `rekey_backup_latest_completed_timestamp_seconds` and
+/// `rekey_backup_latest_completed_bytes` from the `backups` table (nothing
+/// before the first completed backup): whoever took it, a replica or the
+/// backup CronJob.
+pub fn backup_gauge(latest: Option<(DateTime<Utc>, Option<i64>)>) -> String {
+    let Some((at, size)) = latest else {
+        return String::new();
+    };
     let metric = "rekey_backup_latest_completed_timestamp_seconds";
-    match latest {
-        Some(t) => format!(
-            "# HELP {metric} When the newest completed etcd backup recorded in Postgres finished, whoever took it (Unix time).\n\
-             # TYPE {metric} gauge\n{metric} {}\n",
-            t.timestamp()
-        ),
-        None => String::new(),
+    let mut out = format!(
+        "# HELP {metric} When the newest completed etcd backup recorded in Postgres finished, whoever took it (Unix time).\n\
+         # TYPE {metric} gauge\n{metric} {}\n",
+        at.timestamp()
+    );
+    if let Some(bytes) = size {
+        let metric = "rekey_backup_latest_completed_bytes";
+        out.push_str(&format!(
+            "# HELP {metric} Size of the newest completed etcd backup recorded in Postgres (encrypted bytes).\n\
+             # TYPE {metric} gauge\n{metric} {bytes}\n"
+        ));
     }
+    out
 }
 
 #[cfg(test)]
@@ -153,7 +197,9 @@ mod tests {
         let mut issued = c("cert/a\"b", Some(now));
         issued.not_before = Some(now - chrono::TimeDelta::hours(1));
         issued.failures = 2;
-        let text = credential_gauges(&[issued, c("cert/pending", None)]);
+        let mut expired = c("cert/old", Some(now - chrono::TimeDelta::seconds(1)));
+        expired.kind = "service_account_token".into();
+        let text = credential_gauges(&[issued, c("cert/pending", None), expired], now);
         assert!(text.contains(
             "rekey_credential_not_before_seconds{name=\"cert/a\\\"b\",kind=\"certificate\"} 1699996400"
         ), "{text}");
@@ -174,17 +220,41 @@ mod tests {
             "rekey_credential_rotation_failures{name=\"cert/pending\",kind=\"certificate\"} 0"
         ));
         assert!(!text.contains("rekey_credential_not_before_seconds{name=\"cert/pending\""));
+        // By state, at `now`: the issued one expires exactly now.
+        for line in [
+            "rekey_credentials{kind=\"certificate\",state=\"expired\"} 1",
+            "rekey_credentials{kind=\"certificate\",state=\"pending\"} 1",
+            "rekey_credentials{kind=\"certificate\",state=\"valid\"} 0",
+            "rekey_credentials{kind=\"certificate\",state=\"revoked\"} 0",
+            "rekey_credentials{kind=\"service_account_token\",state=\"expired\"} 1",
+            "rekey_credentials{kind=\"service_account_token\",state=\"no-expiry\"} 0",
+        ] {
+            assert!(text.contains(line), "{line} missing:\n{text}");
+        }
+        assert!(
+            !text.contains("kind=\"bootstrap_token\""),
+            "no kind without credentials"
+        );
     }
 
     #[test]
     fn backup_gauge_only_after_a_backup() {
         assert_eq!(backup_gauge(None), "");
         let at = DateTime::from_timestamp(1_700_000_000, 0).unwrap();
-        let text = backup_gauge(Some(at));
+        let text = backup_gauge(Some((at, Some(4096))));
         assert!(
-            text.ends_with("\nrekey_backup_latest_completed_timestamp_seconds 1700000000\n"),
+            text.contains("\nrekey_backup_latest_completed_timestamp_seconds 1700000000\n"),
             "{text}"
         );
         assert!(text.contains("# TYPE rekey_backup_latest_completed_timestamp_seconds gauge\n"));
+        assert!(
+            text.ends_with("\nrekey_backup_latest_completed_bytes 4096\n"),
+            "{text}"
+        );
+        let text = backup_gauge(Some((at, None)));
+        assert!(
+            !text.contains("rekey_backup_latest_completed_bytes"),
+            "{text}"
+        );
     }
 }

@@ -220,15 +220,20 @@ pub async fn list(store: &Store, filter: ListFilter) -> Result<Vec<BackupRecord>
 }
 
 /// When the newest completed backup finished (pruned ones count: they were
-/// completed), whoever took it: the `rekey-backup` CronJob, `serve`'s schedule
-/// or an API call. Exported by every replica's `/metrics` as
-/// `rekey_backup_latest_completed_timestamp_seconds`, so the "backup too old"
-/// alert does not depend on which process ran the backup.
-pub async fn latest_completed_at(store: &Store) -> Result<Option<DateTime<Utc>>, StoreError> {
-    Ok(sqlx::query_scalar(
-        "SELECT max(finished_at) FROM backups WHERE status IN ('completed', 'pruned')",
+/// completed) and its size, whoever took it: the `rekey-backup` CronJob,
+/// `serve`'s schedule or an API call. Exported by every replica's `/metrics`
+/// as `rekey_backup_latest_completed_timestamp_seconds` and
+/// `rekey_backup_latest_completed_bytes`, so the "backup too old" alert and
+/// the dashboard do not depend on which process ran the backup.
+pub async fn latest_completed(
+    store: &Store,
+) -> Result<Option<(DateTime<Utc>, Option<i64>)>, StoreError> {
+    Ok(sqlx::query_as(
+        "SELECT finished_at, size_bytes FROM backups
+         WHERE status IN ('completed', 'pruned') AND finished_at IS NOT NULL
+         ORDER BY finished_at DESC LIMIT 1",
     )
-    .fetch_one(store.pool())
+    .fetch_optional(store.pool())
     .await?)
 }
 

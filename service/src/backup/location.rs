@@ -18,8 +18,11 @@ use std::{
 
 use futures::TryStreamExt;
 use object_store::{
-    BackoffConfig, ObjectStore, ObjectStoreExt, RetryConfig, aws::AmazonS3Builder,
-    azure::MicrosoftAzureBuilder, buffered::BufWriter, gcp::GoogleCloudStorageBuilder,
+    BackoffConfig, ClientConfigKey, ObjectStore, ObjectStoreExt, RetryConfig,
+    aws::AmazonS3Builder,
+    azure::MicrosoftAzureBuilder,
+    buffered::BufWriter,
+    gcp::{GoogleCloudStorageBuilder, GoogleConfigKey},
     path::Path as ObjectPath,
 };
 use secrecy::{ExposeSecret, SecretString};
@@ -92,20 +95,25 @@ impl LocationError {
     }
 }
 
-/// S3 settings from `[backup]` (each also settable through the usual `AWS_*`
-/// variables, which the config values override).
+/// The object-store settings of `[backup]`: where S3 and Google Cloud
+/// Storage requests go and how S3 signs them. Each is optional; the stores
+/// also read their usual environment (`AWS_*`, `GOOGLE_*`), which these
+/// values override.
 #[derive(Debug, Clone, Default)]
-pub struct S3Settings {
+pub struct StoreSettings {
     /// Endpoint of an S3-compatible service, e.g. `http://127.0.0.1:9000`.
-    pub endpoint: Option<String>,
-    /// Region (default `us-east-1` when an endpoint is given).
-    pub region: Option<String>,
-    /// Path-style requests (`endpoint/bucket/key`), as most S3-compatible services need.
-    pub path_style: bool,
-    /// Access key id.
-    pub access_key_id: Option<String>,
-    /// Secret access key.
-    pub secret_access_key: Option<SecretString>,
+    pub s3_endpoint: Option<String>,
+    /// S3 region (default `us-east-1` when an endpoint is given).
+    pub s3_region: Option<String>,
+    /// Path-style S3 requests (`endpoint/bucket/key`), as most S3-compatible services need.
+    pub s3_path_style: bool,
+    /// S3 access key id.
+    pub s3_access_key_id: Option<String>,
+    /// S3 secret access key.
+    pub s3_secret_access_key: Option<SecretString>,
+    /// Base URL of the Google Cloud Storage (XML) API, e.g. a Private Service
+    /// Connect endpoint or an emulator (default `https://storage.googleapis.com`).
+    pub gcs_endpoint: Option<String>,
 }
 
 /// The retry policy of every object-store request: up to 10 retries with
@@ -133,29 +141,29 @@ fn invalid(location: &str, message: impl Into<String>) -> LocationError {
 fn object_store_for(
     location: &str,
     url: &url::Url,
-    s3: &S3Settings,
+    settings: &StoreSettings,
 ) -> Result<(Arc<dyn ObjectStore>, ObjectPath), LocationError> {
     let store: Arc<dyn ObjectStore> = match url.scheme() {
         "s3" | "s3a" => {
             let mut b = AmazonS3Builder::from_env()
                 .with_url(url.as_str())
                 .with_retry(retry_config());
-            if let Some(e) = &s3.endpoint {
+            if let Some(e) = &settings.s3_endpoint {
                 b = b.with_endpoint(e).with_allow_http(e.starts_with("http://"));
-                if s3.region.is_none() {
+                if settings.s3_region.is_none() {
                     b = b.with_region("us-east-1");
                 }
             }
-            if let Some(r) = &s3.region {
+            if let Some(r) = &settings.s3_region {
                 b = b.with_region(r);
             }
-            if s3.path_style {
+            if settings.s3_path_style {
                 b = b.with_virtual_hosted_style_request(false);
             }
-            if let Some(k) = &s3.access_key_id {
+            if let Some(k) = &settings.s3_access_key_id {
                 b = b.with_access_key_id(k);
             }
-            if let Some(k) = &s3.secret_access_key {
+            if let Some(k) = &settings.s3_secret_access_key {
                 b = b.with_secret_access_key(k.expose_secret());
             }
             Arc::new(
@@ -163,13 +171,21 @@ fn object_store_for(
                     .map_err(|e| invalid(location, format!("S3: {e}")))?,
             )
         }
-        "gs" => Arc::new(
-            GoogleCloudStorageBuilder::from_env()
+        "gs" => {
+            let mut b = GoogleCloudStorageBuilder::from_env()
                 .with_url(url.as_str())
-                .with_retry(retry_config())
-                .build()
-                .map_err(|e| invalid(location, format!("Google Cloud Storage: {e}")))?,
-        ),
+                .with_retry(retry_config());
+            if let Some(e) = &settings.gcs_endpoint {
+                b = b.with_base_url(e.trim_end_matches('/'));
+                if e.starts_with("http://") {
+                    b = b.with_config(GoogleConfigKey::Client(ClientConfigKey::AllowHttp), "true");
+                }
+            }
+            Arc::new(
+                b.build()
+                    .map_err(|e| invalid(location, format!("Google Cloud Storage: {e}")))?,
+            )
+        }
         "az" | "azure" | "abfs" | "abfss" => Arc::new(
             MicrosoftAzureBuilder::from_env()
                 .with_url(url.as_str())
@@ -256,12 +272,12 @@ impl std::fmt::Debug for Target {
 
 impl Target {
     /// Parses `-`, a path, a `file://` URL or an object URL.
-    pub fn parse(location: &str, s3: &S3Settings) -> Result<Self, LocationError> {
+    pub fn parse(location: &str, settings: &StoreSettings) -> Result<Self, LocationError> {
         Ok(match parse(location)? {
             Parsed::Stdio => Self::Stdio,
             Parsed::Local(p) => Self::File(p),
             Parsed::Url(url) => {
-                let (store, path) = object_store_for(location, &url, s3)?;
+                let (store, path) = object_store_for(location, &url, settings)?;
                 if path.filename().is_none() {
                     return Err(invalid(location, "names a prefix, not an object"));
                 }
@@ -571,12 +587,12 @@ pub struct Listed {
 
 impl Destination {
     /// Parses a destination: a local directory, `file://`, `s3://`, `gs://` or `az://` prefix.
-    pub fn parse(location: &str, s3: &S3Settings) -> Result<Self, LocationError> {
+    pub fn parse(location: &str, settings: &StoreSettings) -> Result<Self, LocationError> {
         Ok(match parse(location)? {
             Parsed::Stdio => return Err(invalid(location, "a destination cannot be `-`")),
             Parsed::Local(p) => Self::Dir(p),
             Parsed::Url(url) => {
-                let (store, prefix) = object_store_for(location, &url, s3)?;
+                let (store, prefix) = object_store_for(location, &url, settings)?;
                 let mut shown = display_url(&url);
                 if !shown.ends_with('/') {
                     shown.push('/');
@@ -753,7 +769,7 @@ mod tests {
 
     #[test]
     fn locations_parse() {
-        let s3 = S3Settings::default();
+        let s3 = StoreSettings::default();
         assert!(matches!(Target::parse("-", &s3).unwrap(), Target::Stdio));
         assert!(
             matches!(Target::parse("a/b.rkb", &s3).unwrap(), Target::File(p) if p == Path::new("a/b.rkb"))

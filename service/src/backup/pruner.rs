@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 use super::{
     BackupError, BackupRecord, ListFilter, db,
-    location::{S3Settings, Target},
+    location::{StoreSettings, Target},
     prune::{self, Retention},
 };
 use crate::store::{
@@ -61,7 +61,7 @@ pub struct PruneReport {
 pub async fn prune(
     store: &Store,
     retention: Retention,
-    s3: &S3Settings,
+    settings: &StoreSettings,
     dry_run: bool,
     actor: &str,
     now: DateTime<Utc>,
@@ -77,7 +77,7 @@ pub async fn prune(
             continue;
         };
         if !dry_run {
-            let target = Target::parse(&rec.location, s3).map_err(BackupError::from)?;
+            let target = Target::parse(&rec.location, settings).map_err(BackupError::from)?;
             target.delete().await.map_err(|e| PruneError::Delete {
                 id,
                 source: e.into(),

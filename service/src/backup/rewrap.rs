@@ -27,7 +27,7 @@ use super::{
     BackupError, ListFilter, OBJECT_SUFFIX, db,
     format::{FormatError, HEADER_LEN, Header},
     kek::Kek,
-    location::{self, Destination, S3Settings, Target},
+    location::{self, Destination, StoreSettings, Target},
     stream,
 };
 use crate::store::{
@@ -98,7 +98,7 @@ pub async fn discover(
     destination: &Destination,
     store: Option<&Store>,
     old: &Kek,
-    s3: &S3Settings,
+    settings: &StoreSettings,
 ) -> Result<Vec<Target>, BackupError> {
     let mut targets: Vec<Target> = destination
         .list(OBJECT_SUFFIX)
@@ -112,7 +112,7 @@ pub async fn discover(
                 && r.kek_id == old.id().to_string()
                 && !targets.iter().any(|t| t.display() == r.location)
             {
-                targets.push(Target::parse(&r.location, s3)?);
+                targets.push(Target::parse(&r.location, settings)?);
             }
         }
     }
@@ -126,11 +126,11 @@ pub async fn rewrap_all(
     store: Option<&Store>,
     old: &Kek,
     new: &Kek,
-    s3: &S3Settings,
+    settings: &StoreSettings,
     actor: &str,
     on_event: impl FnMut(RewrapEvent<'_>),
 ) -> Result<RewrapReport, BackupError> {
-    let targets = discover(destination, store, old, s3).await?;
+    let targets = discover(destination, store, old, settings).await?;
     rewrap(&targets, old, new, store, actor, on_event).await
 }
 

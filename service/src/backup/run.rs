@@ -67,7 +67,7 @@ pub async fn run_backup(
 ) -> Result<BackupRecord, BackupError> {
     let started = Instant::now();
     let kek = kek::Kek::load(&backup.kek_file)?;
-    let destination = location::Destination::parse(&backup.destination, &backup.s3())?;
+    let destination = location::Destination::parse(&backup.destination, &backup.store_settings())?;
     let id = Uuid::new_v4();
     let target = destination.object(&object_name(Utc::now(), id));
     let row = db::insert_running(
@@ -111,7 +111,9 @@ pub async fn run_backup(
             let record =
                 db::mark_completed(store, id, &finished, &event, opts.audit.as_deref()).await?;
             record_success_metrics(&record, elapsed);
-            tracing::info!(backup = %id, location = %record.location, bytes = enc.ciphertext_bytes, "backup completed");
+            // `rekey backup run` prints the record, `serve`'s schedule logs it
+            // ("scheduled backup completed"), the API answers with it.
+            tracing::debug!(backup = %id, location = %record.location, bytes = enc.ciphertext_bytes, "backup completed");
             Ok(record)
         }
         Err(e) => {

@@ -38,6 +38,9 @@ pub struct BackupConfig {
     /// S3 secret access key (default `AWS_SECRET_ACCESS_KEY`); never printed.
     #[serde(default, serialize_with = "serialize_redacted")]
     pub s3_secret_access_key: Option<SecretString>,
+    /// Google Cloud Storage endpoint, e.g. a Private Service Connect endpoint
+    /// or an emulator (default `https://storage.googleapis.com`, or `GOOGLE_BASE_URL`).
+    pub gcs_endpoint: Option<String>,
 }
 
 fn default_chunk() -> ByteSize {
@@ -58,6 +61,7 @@ impl BackupConfig {
             s3_path_style: false,
             s3_access_key_id: None,
             s3_secret_access_key: None,
+            gcs_endpoint: None,
         }
     }
 
@@ -66,7 +70,7 @@ impl BackupConfig {
         if self.destination.is_empty() {
             return Err(("destination".into(), "must not be empty".into()));
         }
-        location::Destination::parse(&self.destination, &location::S3Settings::default())
+        location::Destination::parse(&self.destination, &location::StoreSettings::default())
             .map_err(|e| ("destination".into(), e.to_string()))?;
         if self.kek_file.as_os_str().is_empty() {
             return Err(("kek_file".into(), "must not be empty".into()));
@@ -87,15 +91,20 @@ impl BackupConfig {
         if let Some(s) = &self.schedule {
             crate::schedule::parse_cron(s).map_err(|m| ("schedule".into(), m))?;
         }
-        if let Some(e) = &self.s3_endpoint {
-            let ok = url::Url::parse(e)
-                .map(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some())
-                .unwrap_or(false);
-            if !ok {
-                return Err((
-                    "s3_endpoint".into(),
-                    format!("`{e}` is not an http:// or https:// URL"),
-                ));
+        for (field, value) in [
+            ("s3_endpoint", &self.s3_endpoint),
+            ("gcs_endpoint", &self.gcs_endpoint),
+        ] {
+            if let Some(e) = value {
+                let ok = url::Url::parse(e)
+                    .map(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some())
+                    .unwrap_or(false);
+                if !ok {
+                    return Err((
+                        field.into(),
+                        format!("`{e}` is not an http:// or https:// URL"),
+                    ));
+                }
             }
         }
         if self.s3_access_key_id.is_some() != self.s3_secret_access_key.is_some() {
@@ -107,14 +116,15 @@ impl BackupConfig {
         Ok(())
     }
 
-    /// The S3 settings of this section.
-    pub fn s3(&self) -> location::S3Settings {
-        location::S3Settings {
-            endpoint: self.s3_endpoint.clone(),
-            region: self.s3_region.clone(),
-            path_style: self.s3_path_style,
-            access_key_id: self.s3_access_key_id.clone(),
-            secret_access_key: self.s3_secret_access_key.clone(),
+    /// The object-store settings of this section (S3, Google Cloud Storage).
+    pub fn store_settings(&self) -> location::StoreSettings {
+        location::StoreSettings {
+            s3_endpoint: self.s3_endpoint.clone(),
+            s3_region: self.s3_region.clone(),
+            s3_path_style: self.s3_path_style,
+            s3_access_key_id: self.s3_access_key_id.clone(),
+            s3_secret_access_key: self.s3_secret_access_key.clone(),
+            gcs_endpoint: self.gcs_endpoint.clone(),
         }
     }
 
@@ -144,6 +154,12 @@ mod tests {
         let mut c = good.clone();
         c.s3_endpoint = Some("localhost:9000".into());
         assert_eq!(c.validate().unwrap_err().0, "s3_endpoint");
+        let mut c = good.clone();
+        c.gcs_endpoint = Some("storage.example:443".into());
+        assert_eq!(c.validate().unwrap_err().0, "gcs_endpoint");
+        let mut c = good.clone();
+        c.gcs_endpoint = Some("https://storage-psc.p.googleapis.com".into());
+        assert!(c.validate().is_ok());
         let mut c = good.clone();
         c.keep = Some(0);
         assert_eq!(c.validate().unwrap_err().0, "keep");

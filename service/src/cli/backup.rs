@@ -27,7 +27,7 @@ use crate::{
         crypt::{self, CryptError, DecryptRequest, EncryptRequest},
         format,
         kek::Kek,
-        location::{Destination, S3Settings, Target},
+        location::{Destination, StoreSettings, Target},
         prune::Retention,
         pruner::{self, PruneError},
         rewrap::{self, RewrapEvent},
@@ -292,9 +292,9 @@ fn load_kek(flag: Option<&Path>, config: &Option<Config>, flag_name: &str) -> an
     Kek::load(&path).map_err(|e| fail(e.into()))
 }
 
-fn s3_settings(config: &Option<Config>) -> S3Settings {
+fn store_settings(config: &Option<Config>) -> StoreSettings {
     backup_section(config)
-        .map(BackupConfig::s3)
+        .map(BackupConfig::store_settings)
         .unwrap_or_default()
 }
 
@@ -388,12 +388,12 @@ async fn encrypt_cmd(a: EncryptArgs) -> anyhow::Result<ExitCode> {
                 a.chunk_size
             ))
         })?;
-    let s3 = s3_settings(&config);
-    let input = Target::parse(&a.input, &s3).map_err(|e| fail(e.into()))?;
+    let settings = store_settings(&config);
+    let input = Target::parse(&a.input, &settings).map_err(|e| fail(e.into()))?;
     if matches!(input, Target::Object { .. }) {
         return Err(BadInput::msg("--in takes a local file or `-`").into());
     }
-    let output = Target::parse(&a.out, &s3).map_err(|e| fail(e.into()))?;
+    let output = Target::parse(&a.out, &settings).map_err(|e| fail(e.into()))?;
     let to_stderr = matches!(output, Target::Stdio);
     let (bar, progress) = progress_bar(a.json, "encrypt", OnLength::Bar);
     let request = EncryptRequest {
@@ -426,9 +426,9 @@ async fn encrypt_cmd(a: EncryptArgs) -> anyhow::Result<ExitCode> {
 async fn decrypt_cmd(a: DecryptArgs) -> anyhow::Result<ExitCode> {
     let config = load_config(a.config.as_deref())?;
     let kek = load_kek(a.kek_file.as_deref(), &config, "--kek-file")?;
-    let s3 = s3_settings(&config);
-    let from = Target::parse(&a.from, &s3).map_err(|e| fail(e.into()))?;
-    let out = Target::parse(&a.out, &s3).map_err(|e| fail(e.into()))?;
+    let settings = store_settings(&config);
+    let from = Target::parse(&a.from, &settings).map_err(|e| fail(e.into()))?;
+    let out = Target::parse(&a.out, &settings).map_err(|e| fail(e.into()))?;
     if matches!(out, Target::Object { .. }) {
         return Err(BadInput::msg(
             "--out takes a local file or `-`: plaintext never goes to object storage",
@@ -526,12 +526,12 @@ async fn prune_cmd(a: PruneArgs) -> anyhow::Result<ExitCode> {
     if retention.keep == Some(0) {
         return Err(BadInput::msg("--keep must be at least 1").into());
     }
-    let s3 = s3_settings(&config);
+    let settings = store_settings(&config);
     let store = a.db.connect().await?;
     let report = pruner::prune(
         &store,
         retention,
-        &s3,
+        &settings,
         a.dry_run,
         CLI_ACTOR,
         chrono::Utc::now(),
@@ -545,8 +545,13 @@ async fn prune_cmd(a: PruneArgs) -> anyhow::Result<ExitCode> {
         for r in &report.pruned {
             println!("{verb} backup {} ({})", r.id, r.location);
         }
+        let summary = if a.dry_run {
+            "would be deleted"
+        } else {
+            "deleted"
+        };
         println!(
-            "{} backup(s) {verb}, {} completed backup(s) kept",
+            "{} backup(s) {summary}, {} completed backup(s) kept",
             report.pruned.len(),
             report.kept
         );
@@ -561,7 +566,7 @@ async fn rewrap_cmd(a: RewrapArgs) -> anyhow::Result<ExitCode> {
     if old.id() == new.id() {
         return Err(BadInput::msg("--old-kek and --new-kek are the same key").into());
     }
-    let s3 = s3_settings(&config);
+    let settings = store_settings(&config);
     let store = maybe_connect(&a.db, &config).await?;
     let show = |event: RewrapEvent<'_>| {
         if a.json {
@@ -578,13 +583,23 @@ async fn rewrap_cmd(a: RewrapArgs) -> anyhow::Result<ExitCode> {
     };
     let report = if a.from.is_empty() {
         let backup = require_backup(&config)?;
-        let dest = Destination::parse(&backup.destination, &s3).map_err(|e| fail(e.into()))?;
-        rewrap::rewrap_all(&dest, store.as_ref(), &old, &new, &s3, CLI_ACTOR, show).await
+        let dest =
+            Destination::parse(&backup.destination, &settings).map_err(|e| fail(e.into()))?;
+        rewrap::rewrap_all(
+            &dest,
+            store.as_ref(),
+            &old,
+            &new,
+            &settings,
+            CLI_ACTOR,
+            show,
+        )
+        .await
     } else {
         let targets = a
             .from
             .iter()
-            .map(|f| Target::parse(f, &s3).map_err(|e| fail(e.into())))
+            .map(|f| Target::parse(f, &settings).map_err(|e| fail(e.into())))
             .collect::<anyhow::Result<Vec<_>>>()?;
         rewrap::rewrap(&targets, &old, &new, store.as_ref(), CLI_ACTOR, show).await
     }
@@ -612,7 +627,7 @@ async fn rewrap_cmd(a: RewrapArgs) -> anyhow::Result<ExitCode> {
 async fn verify_cmd(a: VerifyArgs) -> anyhow::Result<ExitCode> {
     let config = a.db.load_config()?;
     let kek = load_kek(a.kek_file.as_deref(), &config, "--kek-file")?;
-    let s3 = s3_settings(&config);
+    let settings = store_settings(&config);
     let mut expect_id = a.backup_id;
     let mut expect_sha256 = None;
     let mut store = None;
@@ -630,7 +645,7 @@ async fn verify_cmd(a: VerifyArgs) -> anyhow::Result<ExitCode> {
             latest.location
         }
     };
-    let from = Target::parse(&location, &s3).map_err(|e| fail(e.into()))?;
+    let from = Target::parse(&location, &settings).map_err(|e| fail(e.into()))?;
     let (bar, progress) = progress_bar(a.json, "verify", OnLength::Bar);
     let request = VerifyRequest {
         from,

@@ -59,13 +59,13 @@ pub fn run(cmd: CaCommand) -> anyhow::Result<ExitCode> {
                 other => other?,
             }
             println!(
-                "wrote {} and {} (mode 0600)",
+                "wrote {} and {} (the key mode 0600)",
                 out.join("ca.crt").display(),
                 out.join("ca.key").display()
             );
             println!(
                 "subject: CN={common_name}, valid until {}",
-                ca.not_after().to_rfc3339()
+                ca.not_after().format("%Y-%m-%d %H:%M:%S UTC")
             );
             Ok(ExitCode::SUCCESS)
         }

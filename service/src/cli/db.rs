@@ -19,9 +19,8 @@ pub struct DbArgs {
     #[arg(long, env = "REKEY_CONFIG")]
     pub config: Option<PathBuf>,
     /// Postgres URL (overrides the config file).
-    ///
-    /// It may hold a password: kept in a redacting type, so `Debug` of the
-    /// parsed arguments never shows it.
+    // It may hold a password: kept in a redacting type, so `Debug` of the
+    // parsed arguments never shows it (a `//` comment: not `--help` text).
     #[arg(long, env = "DATABASE_URL", hide_env_values = true, value_parser = secret_arg)]
     pub database_url: Option<SecretString>,
 }
@@ -43,6 +42,11 @@ impl DbArgs {
 
     /// Connects to the database named by the flags, applying migrations.
     pub async fn connect(&self) -> anyhow::Result<Store> {
+        Ok(self.connect_migrated().await?.0)
+    }
+
+    /// [`Self::connect`], with how many migrations it applied.
+    pub async fn connect_migrated(&self) -> anyhow::Result<(Store, usize)> {
         let config = self.load_config()?;
         let url = match (&self.database_url, &config) {
             (Some(u), _) => u.clone(),

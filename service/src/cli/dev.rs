@@ -74,6 +74,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
     println!("  Ctrl-C stops everything, Postgres included.\n");
 
     let store = running.store.clone();
+    let pool = running.store.clone();
     let mut events = running.engine.subscribe();
     let printer = {
         let shutdown = shutdown.clone();
@@ -102,6 +103,9 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
     };
     let result = running.wait().await;
     let _ = printer.await;
+    // Close the connections before Postgres stops under them (else sqlx
+    // warns about each one it finds closed).
+    pool.close().await;
     println!("\nstopped.");
     drop(env.postgres);
     result?;

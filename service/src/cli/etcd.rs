@@ -207,8 +207,10 @@ async fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
             }
         })?;
     print(&report, args.json)?;
-    if let Some(id) = id {
-        tracing::info!(check_id = id, "recorded in etcd_checks");
+    if let Some(id) = id
+        && !args.json
+    {
+        println!("recorded in Postgres as etcd check {id}");
     }
     match report.exit_code {
         0 => Ok(ExitCode::SUCCESS),

@@ -5,7 +5,7 @@
 //! typed reports; nothing below `cli` prints or knows about flags:
 //!
 //! ```text
-//!   serve  dev  status  rotate  ca  token  etcd  backup  migrate
+//!   serve  dev  status  rotate  ca  token  etcd  backup  migrate  (completions)
 //!     │     │      │       │          │      │      │
 //!     ▼     ▼      ├───────┴─► client (admin API: paged lists, rotate)
 //!   runtime        ▼                  ▼      ▼      ▼
@@ -20,6 +20,7 @@
 pub mod backup;
 pub mod ca;
 pub mod client;
+pub mod completions;
 pub mod db;
 pub mod dev;
 pub mod etcd;
@@ -33,7 +34,7 @@ pub mod token;
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 
 use crate::error::{exit_code, report};
 
@@ -76,6 +77,8 @@ enum Command {
     Backup(backup::BackupCommand),
     /// Apply database migrations.
     Migrate(db::DbArgs),
+    // The help text (with how to install the script) is `CompletionsArgs`'s.
+    Completions(completions::CompletionsArgs),
 }
 
 /// Log line format (`--log-format`).
@@ -141,5 +144,6 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Etcd(cmd) => etcd::run(cmd).await,
         Command::Backup(cmd) => backup::run(cmd).await,
         Command::Migrate(args) => migrate::run(args).await,
+        Command::Completions(args) => completions::run(args, Cli::command()),
     }
 }

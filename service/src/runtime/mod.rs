@@ -66,13 +66,13 @@ impl Running {
 pub async fn connect(config: &Config) -> anyhow::Result<Store> {
     let url = config.database.url().bad_input()?;
     let max = config.database.max_connections.unwrap_or(16);
-    open_store(url, max, DB_PATIENCE).await
+    Ok(open_store(url, max, DB_PATIENCE).await?.0)
 }
 
 /// Connects (waiting up to `patience`) and applies migrations: the one way
-/// every command and the service open the store. A malformed URL is bad
-/// input (exit 2).
-pub async fn open_store(url: &str, max: u32, patience: Duration) -> anyhow::Result<Store> {
+/// every command and the service open the store (with how many migrations
+/// were applied). A malformed URL is bad input (exit 2).
+pub async fn open_store(url: &str, max: u32, patience: Duration) -> anyhow::Result<(Store, usize)> {
     Store::open(url, max, patience).await.map_err(|e| match e {
         e @ StoreError::BadUrl(_) => anyhow::Error::new(BadInput::new(e)),
         e @ StoreError::Migrate(_) => anyhow::Error::new(e).context("applying migrations"),

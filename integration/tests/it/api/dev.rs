@@ -19,14 +19,16 @@ async fn dev_prints_working_instructions_for_the_admin_api() {
         .tempdir_in("/tmp")
         .unwrap();
     let port = rekey::devdb::free_port().unwrap();
+    let stderr_file = tempfile::NamedTempFile::new().unwrap();
     let mut child = rekey()
+        .env_remove("REKEY_LOG")
         .arg("dev")
         .arg("--state-dir")
         .arg(state.path())
         .arg("--api-listen")
         .arg(format!("127.0.0.1:{port}"))
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::from(stderr_file.reopen().unwrap()))
         .spawn()
         .unwrap();
     let stdout = child.stdout.take().unwrap();
@@ -82,9 +84,22 @@ async fn dev_prints_working_instructions_for_the_admin_api() {
         nix::unistd::Pid::from_raw(child.id() as i32),
         nix::sys::signal::Signal::SIGTERM,
     );
-    let _ = child.wait();
+    let exit = child.wait().unwrap();
     assert_eq!(code, 0, "{stdout}{stderr}");
     assert!(stdout.contains("succeeded"), "{stdout}");
+    // Stopped cleanly and quietly: "stopped." on stdout, nothing on stderr at
+    // the default log level (no warnings about connections Postgres closed).
+    assert!(exit.success(), "{exit:?}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !printed.ends_with("stopped.\n") {
+        let line = rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .unwrap_or_else(|_| panic!("no `stopped.` printed:\n{printed}"));
+        printed.push_str(&line);
+        printed.push('\n');
+    }
+    let err = std::fs::read_to_string(stderr_file.path()).unwrap();
+    assert_eq!(err, "", "rekey dev wrote on stderr");
     // The key file is private.
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(state.path().join("api/operator.key"))

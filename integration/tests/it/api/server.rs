@@ -858,6 +858,24 @@ async fn etcd_verification_and_backups_through_the_api() {
     .await;
     assert_eq!(status, 200);
     assert_eq!(list["backups"][0]["id"], record["id"]);
+    // /metrics reads the newest backup from Postgres: when, and how large.
+    let text = reqwest::get(format!("{}/metrics", serve.metrics_url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.contains(&format!(
+            "\nrekey_backup_latest_completed_bytes {}\n",
+            record["size_bytes"]
+        )),
+        "{record}\n{text}"
+    );
+    assert!(
+        text.contains("\nrekey_backup_latest_completed_timestamp_seconds "),
+        "{text}"
+    );
     let rows = audit_rows(&db, "backup.run").await;
     assert!(
         rows.iter()

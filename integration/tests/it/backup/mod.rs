@@ -3,6 +3,7 @@
 mod azure;
 mod deploy;
 mod format;
+mod gcs;
 mod prune;
 mod rewrap;
 mod run;

@@ -16,7 +16,9 @@
 //!   UID with no shell and the binary only, and the release binary it would
 //!   build links nothing that distroless `cc` lacks;
 //! - the alerts use only metrics the service exports, and behave as
-//!   `alerts_test.yaml` says (`promtool test rules`).
+//!   `alerts_test.yaml` says (`promtool test rules`);
+//! - the Grafana dashboard's queries parse (promtool) and use only exported
+//!   metrics, and its ConfigMap holds exactly the dashboard file.
 //!
 //! Tools: kubectl (kustomize v5), the venv's kubernetes-validate and checkov,
 //! promtool from Debian's prometheus package, readelf; integration/test.sh
@@ -28,10 +30,12 @@
 //! security.rs    restricted Pod Security Standard, RBAC without wildcards
 //! config.rs      the ConfigMap's rekey.toml; Services, probes, policies, mounts
 //! monitoring.rs  ServiceMonitor, alert metrics, promtool unit tests
+//! dashboard.rs   the Grafana dashboard: queries, panels, its ConfigMap
 //! image.rs       the Containerfile and the release binary's libraries
 //! ```
 
 mod config;
+mod dashboard;
 mod image;
 mod monitoring;
 mod render;

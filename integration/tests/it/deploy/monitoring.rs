@@ -72,7 +72,7 @@ fn alert_rules(rule: &Value) -> Vec<&Value> {
 }
 
 /// The metric names and `name{label...}` label names an expression uses.
-fn metric_refs(expr: &str) -> Vec<(String, BTreeSet<String>)> {
+pub(super) fn metric_refs(expr: &str) -> Vec<(String, BTreeSet<String>)> {
     let bytes = expr.as_bytes();
     let mut out = Vec::new();
     let mut i = 0;
@@ -109,7 +109,7 @@ fn metric_refs(expr: &str) -> Vec<(String, BTreeSet<String>)> {
 }
 
 /// Every `.rs` file under `service/src`, with its text.
-fn service_sources() -> Vec<(PathBuf, String)> {
+pub(super) fn service_sources() -> Vec<(PathBuf, String)> {
     let mut out = Vec::new();
     let mut stack = vec![root().join("service/src")];
     while let Some(d) = stack.pop() {
@@ -126,6 +126,75 @@ fn service_sources() -> Vec<(PathBuf, String)> {
     out
 }
 
+/// Whether the service exports `metric` with each of `labels` (else why not): recorded
+/// with `metrics::{gauge,counter,histogram}!("NAME", ...)` or rendered at
+/// scrape time from Postgres (`"NAME"` in api/metrics.rs). A histogram's
+/// `_bucket`, `_sum` and `_count` series count as the histogram's, `le` as a
+/// label of `_bucket`. `up` is Prometheus' own, with the ServiceMonitor's
+/// target labels.
+pub(super) fn exported(
+    sources: &[(PathBuf, String)],
+    user: &str,
+    metric: &str,
+    labels: &BTreeSet<String>,
+) -> Result<(), String> {
+    if metric == "up" {
+        return if labels
+            .iter()
+            .all(|l| ["namespace", "service"].contains(&l.as_str()))
+        {
+            Ok(())
+        } else {
+            Err(format!("{user}: up{{{labels:?}}}"))
+        };
+    }
+    let defined_by = |name: &str| -> Vec<&(PathBuf, String)> {
+        let quoted = format!("\"{name}\"");
+        sources
+            .iter()
+            .filter(|(_, t)| t.contains(&quoted))
+            .collect()
+    };
+    let mut defining = defined_by(metric);
+    let mut histogram_bucket = false;
+    if defining.is_empty() {
+        for suffix in ["_bucket", "_sum", "_count"] {
+            if let Some(base) = metric.strip_suffix(suffix) {
+                let base_defining = defined_by(base);
+                if base_defining
+                    .iter()
+                    .any(|(_, t)| t.contains(&format!("histogram!(\"{base}\"")))
+                {
+                    defining = base_defining;
+                    histogram_bucket = suffix == "_bucket";
+                }
+            }
+        }
+    }
+    if defining.is_empty() {
+        return Err(format!(
+            "{user} uses {metric}, which the service does not export"
+        ));
+    }
+    for l in labels {
+        if l == "le" && histogram_bucket {
+            continue;
+        }
+        let as_macro_label = format!("\"{l}\" =>");
+        let as_text_label = format!("{l}=\\\"");
+        if !defining
+            .iter()
+            .any(|(_, t)| t.contains(&as_macro_label) || t.contains(&as_text_label))
+        {
+            return Err(format!(
+                "{user}: {metric} has no label `{l}` in {:?}",
+                defining.iter().map(|(p, _)| p).collect::<Vec<_>>()
+            ));
+        }
+    }
+    Ok(())
+}
+
 #[test]
 fn alerts_use_only_metrics_the_service_exports() {
     let sources = service_sources();
@@ -138,36 +207,8 @@ fn alerts_use_only_metrics_the_service_exports() {
         assert!(!refs.is_empty(), "{alert}: no metric in `{expr}`");
         for (metric, labels) in refs {
             seen.insert(metric.clone());
-            if metric == "up" {
-                // Prometheus' own, with the ServiceMonitor's target labels.
-                assert!(
-                    labels
-                        .iter()
-                        .all(|l| ["namespace", "service"].contains(&l.as_str()))
-                );
-                continue;
-            }
-            // Recorded with metrics::{gauge,counter,histogram}!("NAME", ...) or
-            // rendered at scrape time from Postgres ("NAME" in api/metrics.rs).
-            let quoted = format!("\"{metric}\"");
-            let defining: Vec<&(PathBuf, String)> = sources
-                .iter()
-                .filter(|(_, t)| t.contains(&quoted))
-                .collect();
-            assert!(
-                !defining.is_empty(),
-                "{alert} uses {metric}, which the service does not export"
-            );
-            for l in labels {
-                let as_macro_label = format!("\"{l}\" =>");
-                let as_text_label = format!("{l}=\\\"");
-                assert!(
-                    defining
-                        .iter()
-                        .any(|(_, t)| t.contains(&as_macro_label) || t.contains(&as_text_label)),
-                    "{alert}: {metric} has no label `{l}` in {:?}",
-                    defining.iter().map(|(p, _)| p).collect::<Vec<_>>()
-                );
+            if let Err(e) = exported(&sources, alert, &metric, &labels) {
+                panic!("{e}");
             }
         }
     }

@@ -154,6 +154,19 @@ async fn cli_records_checks_and_key_age_comes_from_history() {
     );
     assert!(!finding_ids(&r).contains(&"write-key-too-old".to_string()));
 
+    // The text report ends saying where the check went (on stdout, not as
+    // a log line; `--json` stays the report alone).
+    let (code, out, err) = outcome(&run(rekey()
+        .args(["etcd", "verify", "--encryption-config"])
+        .arg(&config)
+        .args(["--endpoints", &etcd.endpoint, "--database-url", &db.url])));
+    assert_eq!(code, 1, "{err}");
+    let id = db::recent(&db.store, 1).await.unwrap()[0].id;
+    assert!(
+        out.ends_with(&format!("\nrecorded in Postgres as etcd check {id}\n")),
+        "{out}"
+    );
+
     // Without a database: nothing recorded, the annotation gives the age.
     let annotated = write(
         dir.path(),
@@ -165,7 +178,7 @@ async fn cli_records_checks_and_key_age_comes_from_history() {
     assert!(finding_ids(&r).contains(&"write-key-too-old".to_string()));
     let (_, r, _) = cli(&etcd, &config, &["--max-key-age", "90d"]);
     assert!(finding_ids(&r).contains(&"write-key-age-unknown".to_string()));
-    assert_eq!(db::recent(&db.store, 10).await.unwrap().len(), 4);
+    assert_eq!(db::recent(&db.store, 10).await.unwrap().len(), 5);
 }
 
 #[tokio::test]

@@ -115,6 +115,7 @@ pub async fn finish(
     let done = db::finish_revocation(store, id, actor, audit).await?;
     if done {
         tracing::info!(token = id, "bootstrap token revoked");
+        metrics::counter!("rekey_bootstrap_tokens_revoked_total").increment(1);
     }
     Ok(done)
 }
