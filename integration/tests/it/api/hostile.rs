@@ -73,15 +73,15 @@ pub fn port(url: &str) -> u16 {
     url.rsplit(':').next().unwrap().parse().unwrap()
 }
 
-/// Sends `n` requests `POST path` with `body` as `cn` over raw TLS, each
+/// Sends `n` requests `POST path(i)` with `body` as `cn` over raw TLS, each
 /// reset (RST, not FIN) 0-10 ms after it was sent, so the request's future
 /// is cancelled wherever it is. Request `i` carries `{prefix}-{i}` as its
 /// request id and idempotency key.
-async fn send_and_reset(
+pub(super) async fn send_and_reset(
     pki: &Pki,
     serve: &Serve,
     cn: &str,
-    path: &str,
+    path: impl Fn(u64) -> String,
     body: &str,
     prefix: &str,
     n: u64,
@@ -96,8 +96,9 @@ async fn send_and_reset(
             .await
             .unwrap();
         let request = format!(
-            "POST {path} HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\n\
+            "POST {} HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\n\
              x-request-id: {id}\r\nidempotency-key: {id}\r\ncontent-length: {}\r\n\r\n{body}",
+            path(i),
             body.len()
         );
         s.write_all(request.as_bytes()).await.unwrap();
@@ -122,7 +123,7 @@ async fn resets_after_sending_never_leave_an_action_without_its_audit_event() {
         &pki,
         &serve,
         "operator",
-        &path,
+        |_| path.clone(),
         r#"{"reason":"reset test"}"#,
         "reset",
         sent,
@@ -506,7 +507,7 @@ async fn resets_after_sending_never_leave_an_etcd_check_without_its_audit_event(
         &pki,
         &serve,
         "admin",
-        "/v1/etcd/verify",
+        |_| "/v1/etcd/verify".into(),
         r#"{"sample":0}"#,
         "everify",
         20,

@@ -4,6 +4,7 @@ mod dev;
 mod exhaustion;
 mod hostile;
 mod paging;
+mod resets;
 mod schemathesis;
 mod server;
 mod token;
