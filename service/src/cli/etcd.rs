@@ -28,7 +28,7 @@ use crate::{
 };
 
 /// etcd's default client URL (as etcdctl's).
-const DEFAULT_ENDPOINT: &str = "http://127.0.0.1:2379";
+pub(super) const DEFAULT_ENDPOINT: &str = "http://127.0.0.1:2379";
 
 /// `rekey etcd ...`
 #[derive(Debug, Subcommand)]
@@ -37,6 +37,9 @@ pub enum EtcdCommand {
     Verify(VerifyArgs),
     /// Write the configurations and commands of a write-key rotation.
     RotateKey(RotateKeyArgs),
+    /// Rewrite every object not stored under the current write key, through
+    /// the Kubernetes API (throttled, resumable, proven by a re-scan).
+    Migrate(super::etcd_migrate::MigrateArgs),
 }
 
 /// `rekey etcd verify`
@@ -110,6 +113,7 @@ pub async fn run(cmd: EtcdCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         EtcdCommand::Verify(args) => verify(args).await,
         EtcdCommand::RotateKey(args) => rotate_key(args),
+        EtcdCommand::Migrate(args) => super::etcd_migrate::run(args).await,
     }
 }
 
@@ -311,7 +315,7 @@ mod tests {
         let argv = std::iter::once("t").chain(line.split_whitespace());
         match T::try_parse_from(argv).unwrap().cmd {
             EtcdCommand::Verify(a) => a,
-            EtcdCommand::RotateKey(_) => unreachable!(),
+            _ => unreachable!(),
         }
     }
 

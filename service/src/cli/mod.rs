@@ -23,6 +23,7 @@ pub mod client;
 pub mod db;
 pub mod dev;
 pub mod etcd;
+pub mod etcd_migrate;
 pub mod kube;
 pub mod migrate;
 pub mod output;

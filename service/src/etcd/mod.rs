@@ -21,6 +21,7 @@ pub mod client;
 pub mod db;
 pub mod encryption;
 pub mod job;
+pub mod migrate;
 pub mod policy;
 pub mod report;
 pub mod rotate;

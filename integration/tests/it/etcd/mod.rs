@@ -3,5 +3,6 @@
 mod checks;
 mod harness;
 mod memory;
+pub mod migrate;
 mod rotate;
 mod verify;
