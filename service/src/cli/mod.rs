@@ -24,6 +24,7 @@ pub mod db;
 pub mod dev;
 pub mod etcd;
 pub mod etcd_migrate;
+pub mod etcd_retire;
 pub mod kube;
 pub mod migrate;
 pub mod output;

@@ -17,6 +17,7 @@
 //! functions; only `scan`, `db`, `job` and `rotate::rotate_key` do I/O.
 //! `[etcd]` is [`settings::EtcdConfig`].
 
+pub mod census;
 pub mod client;
 pub mod db;
 pub mod encryption;
@@ -24,6 +25,7 @@ pub mod job;
 pub mod migrate;
 pub mod policy;
 pub mod report;
+pub mod retire;
 pub mod rotate;
 pub mod scan;
 pub mod settings;

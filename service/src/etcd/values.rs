@@ -244,6 +244,64 @@ impl Keyring {
         Self { entries }
     }
 
+    /// Every transformer of every rule, in file order: classifies (and
+    /// opens) values of any resource, to find which keys stored values need.
+    pub fn census(config: &EncryptionConfiguration) -> Self {
+        let mut entries = Vec::new();
+        for rule in &config.rules {
+            for p in &rule.providers {
+                let ts: Vec<Transformer<'_>> = if p.keys.is_empty() {
+                    vec![Transformer {
+                        provider: p,
+                        key: None,
+                    }]
+                } else {
+                    p.keys
+                        .iter()
+                        .map(|k| Transformer {
+                            provider: p,
+                            key: Some(k),
+                        })
+                        .collect()
+                };
+                entries.extend(ts.iter().map(|t| Entry {
+                    label: t.label(),
+                    prefix: t.prefix().into_bytes(),
+                    opener: opener(t),
+                }));
+            }
+        }
+        Self { entries }
+    }
+
+    /// A keyring of bare keys `(provider, name, key bytes)` (escrowed keys,
+    /// no EncryptionConfiguration): opens what they encrypted; plaintext is
+    /// read as with an `identity` provider. Keys of the wrong length for
+    /// their provider are skipped (they can open nothing).
+    pub fn from_keys<'a>(
+        keys: impl IntoIterator<Item = (ProviderKind, &'a str, &'a [u8])>,
+    ) -> Self {
+        let mut entries: Vec<Entry> = keys
+            .into_iter()
+            .filter(|(kind, _, key)| match kind {
+                ProviderKind::Aescbc | ProviderKind::Aesgcm => matches!(key.len(), 16 | 24 | 32),
+                ProviderKind::Secretbox => key.len() == 32,
+                _ => false,
+            })
+            .map(|(kind, name, key)| Entry {
+                label: format!("{kind}:{name}"),
+                prefix: format!("k8s:enc:{kind}:v1:{name}:").into_bytes(),
+                opener: opener_for(kind, Some(key)),
+            })
+            .collect();
+        entries.push(Entry {
+            label: "identity".into(),
+            prefix: Vec::new(),
+            opener: Opener::Identity,
+        });
+        Self { entries }
+    }
+
     /// The write transformer's label (`identity` when nothing covers the resource).
     pub fn write_label(&self) -> String {
         self.entries
@@ -352,8 +410,11 @@ impl Keyring {
 }
 
 fn opener(t: &Transformer<'_>) -> Opener {
-    let key = t.key.map(|k| k.secret.expose_secret());
-    match (t.provider.kind, key) {
+    opener_for(t.provider.kind, t.key.map(|k| k.secret.expose_secret()))
+}
+
+fn opener_for(kind: ProviderKind, key: Option<&[u8]>) -> Opener {
+    match (kind, key) {
         (ProviderKind::Identity, _) => Opener::Identity,
         (ProviderKind::Kms, _) => Opener::Kms,
         (ProviderKind::Aescbc, Some(k)) => Opener::Aescbc(Zeroizing::new(k.to_vec())),

@@ -1,7 +1,8 @@
 //! `rekey etcd migrate` end to end: the real binary rewrites, through the
 //! Kubernetes stand-in's etcd storage mode, every Secret and ConfigMap
 //! stored under an old aescbc key so it ends up under the new aesgcm write
-//! key, and the re-scan counts zero. Also: `--dry-run` writes nothing, a
+//! key, and the re-scan counts zero; the old key is then retired (refused
+//! while a value or a retained backup needs it). Also: `--dry-run` writes nothing, a
 //! configuration that does not open what is stored rewrites nothing, 409 and
 //! 404 answers, `--max-rate`, and the `etcd_migrations` record.
 
@@ -135,6 +136,21 @@ pub fn migrate(
     (code, serde_json::from_str(&out).unwrap_or(Value::Null), err)
 }
 
+/// `rekey etcd rotate-key --retire NAME`: exit code, stdout, stderr.
+pub fn retire(etcd: &Etcd, config: &Path, db: &str, name: &str) -> (i32, String, String) {
+    let mut cmd = rekey();
+    cmd.args([
+        "etcd",
+        "rotate-key",
+        "--retire",
+        name,
+        "--encryption-config",
+    ])
+    .arg(config)
+    .args(["--endpoints", &etcd.endpoint, "--database-url", db]);
+    outcome(&run(&mut cmd))
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn stale_values_are_rewritten_under_the_new_write_key_until_none_is_left() {
     let db = fresh_db().await;
@@ -199,6 +215,27 @@ async fn stale_values_are_rewritten_under_the_new_write_key_until_none_is_left()
     assert!(!err.contains(GCM) && !err.contains(CBC), "{err}");
     assert_eq!(stored(&etcd).await, before, "nothing rewritten");
 
+    // Retirement is refused while values need the key (exit 1 naming the
+    // key and the count), for a write key, and for an unknown name (exit 2);
+    // the file is left alone.
+    let original = std::fs::read(&both).unwrap();
+    let (code, _, err) = retire(&etcd, &both, &db.url, "old");
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("aescbc:old") && err.contains("46 stored value(s)"),
+        "{err}"
+    );
+    let (code, _, err) = retire(&etcd, &both, &db.url, "new");
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("write key"), "{err}");
+    let (code, _, err) = retire(&etcd, &both, &db.url, "nope");
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("unknown key `nope`") && err.contains("`aescbc:old`"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(&both).unwrap(), original);
+
     // The migration.
     let (code, report, err) = migrate(
         &etcd,
@@ -244,6 +281,44 @@ async fn stale_values_are_rewritten_under_the_new_write_key_until_none_is_left()
         .await
         .unwrap();
     assert_eq!(stale, 0);
+
+    // No value needs the old key now, but a retained backup whose keys were
+    // not recorded might: refused, naming it. Once pruned, the key goes.
+    let backup = uuid::Uuid::new_v4();
+    sqlx::query(
+        "INSERT INTO backups (id, location, status, requested_by, kek_id, chunk_size)
+         VALUES ($1, 'file:///backups/old.rkb', 'completed', 'test', '0123456789abcdef', 4096)",
+    )
+    .bind(backup)
+    .execute(db.pool())
+    .await
+    .unwrap();
+    let (code, _, err) = retire(&etcd, &both, &db.url, "old");
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains(&backup.to_string()) && err.contains("file:///backups/old.rkb"),
+        "names the backup: {err}"
+    );
+    assert!(!err.contains("stored value"), "no value needs it: {err}");
+    assert_eq!(std::fs::read(&both).unwrap(), original);
+    sqlx::query("UPDATE backups SET status = 'pruned', pruned_at = now() WHERE id = $1")
+        .bind(backup)
+        .execute(db.pool())
+        .await
+        .unwrap();
+    let (code, out, err) = retire(&etcd, &both, &db.url, "old");
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("aescbc:old"), "{out}");
+    let text = std::fs::read_to_string(&both).unwrap();
+    assert!(!text.contains("name: old") && !text.contains(CBC), "{text}");
+    assert!(text.contains(GCM), "the write key stays");
+    // The new configuration is valid and opens everything stored.
+    let mut cmd = rekey();
+    cmd.args(["etcd", "verify", "--json", "--encryption-config"])
+        .arg(&both)
+        .args(["--endpoints", &etcd.endpoint]);
+    let (code, out, err) = outcome(&run(&mut cmd));
+    assert_eq!(code, 0, "{out}\n{err}");
 
     // Again: nothing to do, nothing written.
     let (code, again, err) = migrate(&etcd, &k.admin_kubeconfig(), &both, Some(&db.url), &[]);
