@@ -34,9 +34,11 @@
 pub mod crypt;
 pub mod db;
 pub mod error;
+pub mod escrow;
 pub mod format;
 pub mod job;
 pub mod kek;
+pub mod keys;
 pub mod location;
 pub mod metrics;
 pub mod progress;

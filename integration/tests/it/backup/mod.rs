@@ -3,6 +3,7 @@
 mod azure;
 mod deploy;
 mod format;
+mod keys;
 mod prune;
 mod rewrap;
 mod run;
