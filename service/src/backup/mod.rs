@@ -33,6 +33,7 @@
 
 pub mod crypt;
 pub mod db;
+pub mod drill;
 pub mod error;
 pub mod escrow;
 pub mod format;

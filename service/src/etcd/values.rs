@@ -211,6 +211,23 @@ impl std::fmt::Debug for Keyring {
     }
 }
 
+/// What opening one value with a keyring found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Opened {
+    /// A Kubernetes object of this kind, opened with this key (`identity`
+    /// for plaintext).
+    Object {
+        /// The object's kind, e.g. `Secret`.
+        kind: String,
+        /// The key that opened it.
+        key: String,
+    },
+    /// Encrypted by a KMS plugin: only the plugin opens it.
+    NotVerifiable(String),
+    /// Could not be opened into an object, and why.
+    Failed(String),
+}
+
 /// Everything decided about one value.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Verdict {
@@ -317,6 +334,52 @@ impl Keyring {
                 .entries
                 .iter()
                 .any(|e| matches!(e.opener, Opener::Identity))
+    }
+
+    /// Opens one value stored under `etcd_key` with the ring's keys (any of
+    /// them, in order): the kind of object it holds, and with which key.
+    pub fn open_kind(&self, etcd_key: &[u8], value: &[u8]) -> Opened {
+        let format = classify(value);
+        match &format {
+            Format::Plaintext(_) => {
+                return match kubernetes_kind(value) {
+                    Ok(kind) => Opened::Object {
+                        kind,
+                        key: "identity".into(),
+                    },
+                    Err(m) => Opened::Failed(m),
+                };
+            }
+            Format::Encrypted {
+                provider: ProviderKind::Kms,
+                ..
+            } => return Opened::NotVerifiable(format.label()),
+            Format::Encrypted { .. } => {}
+            _ => return Opened::Failed(format!("unrecognised value ({})", format.label())),
+        }
+        let mut errors = Vec::new();
+        for e in self
+            .entries
+            .iter()
+            .filter(|e| !e.prefix.is_empty() && value.starts_with(&e.prefix))
+        {
+            match open_with(&e.opener, etcd_key, &value[e.prefix.len()..]) {
+                Ok(plain) => match kubernetes_kind(&plain) {
+                    Ok(kind) => {
+                        return Opened::Object {
+                            kind,
+                            key: e.label.clone(),
+                        };
+                    }
+                    Err(m) => errors.push(format!("{}: decrypts, but {m}", e.label)),
+                },
+                Err(err) => errors.push(format!("{}: {err}", e.label)),
+            }
+        }
+        if errors.is_empty() {
+            return Opened::Failed(format!("no key for `{}`", format.label()));
+        }
+        Opened::Failed(errors.join("; "))
     }
 
     /// Decides about one value stored under `etcd_key`; opens it only when

@@ -2,7 +2,9 @@
 //! Kubernetes stand-in's etcd storage mode): `backup run` records which
 //! provider keys the snapshot's values are under (`encryption_keys`, also in
 //! `backup list --json`) and escrows them next to the backup, sealed under
-//! the KEK and bound to the backup's id; `rewrap` re-wraps the escrow,
+//! the KEK and bound to the backup's id; the drill (`backup verify
+//! --decrypt-secrets N`) decrypts Secrets with the escrowed keys only and
+//! fails on a tampered or missing escrow; `rewrap` re-wraps the escrow,
 //! `prune` deletes it with its backup; and `rotate-key --retire` refuses a
 //! key while a retained backup needs it.
 
@@ -108,6 +110,71 @@ async fn backups_record_and_escrow_their_keys_and_hold_a_key_until_pruned() {
         "{list:#}"
     );
 
+    // The drill: with the EncryptionConfiguration gone from this machine and
+    // no config file, Secrets of the restored snapshot are decrypted with
+    // the escrowed keys only.
+    let first_location = first["location"].as_str().unwrap().to_string();
+    let hidden = dir.path().join("hidden");
+    std::fs::create_dir(&hidden).unwrap();
+    for f in ["old.yaml", "both.yaml"] {
+        std::fs::rename(dir.path().join(f), hidden.join(f)).unwrap();
+    }
+    let drill = |kek: &Path, n: &str| {
+        rekey_run(
+            &[
+                "backup",
+                "verify",
+                "--json",
+                "--kek-file",
+                s(kek),
+                "--from",
+                &first_location,
+                "--decrypt-secrets",
+                n,
+            ],
+            &[],
+        )
+    };
+    let (code, out, err) = drill(&kek, "3");
+    assert_eq!(code, 0, "{out}\n{err}");
+    let report: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (
+            report["secrets_decrypted"].as_u64(),
+            report["secrets_failed"].as_u64()
+        ),
+        (Some(3), Some(0)),
+        "{report:#}"
+    );
+    assert_eq!(report["secrets"]["found"], 5);
+    assert_eq!(report["secrets"]["by_key"]["aescbc:old"], 3);
+    let (code, out, err) = drill(&kek, "100");
+    assert_eq!(code, 0, "{out}\n{err}");
+    let report: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["secrets_decrypted"], 5, "all if fewer: {report:#}");
+    // A tampered escrow fails the drill, naming it; so does a missing one.
+    let mut tampered = sealed.clone();
+    let at = tampered.len() - 20;
+    tampered[at] ^= 1;
+    std::fs::write(&escrow_path, &tampered).unwrap();
+    let (code, out, err) = drill(&kek, "3");
+    assert_ne!(code, 0, "{out}");
+    assert!(
+        err.contains(escrow.as_str()) && err.contains("key escrow"),
+        "{err}"
+    );
+    std::fs::remove_file(&escrow_path).unwrap();
+    let (code, out, err) = drill(&kek, "3");
+    assert_ne!(code, 0, "{out}");
+    assert!(
+        err.contains(escrow.as_str()) && err.contains("missing"),
+        "{err}"
+    );
+    std::fs::write(&escrow_path, &sealed).unwrap();
+    for f in ["old.yaml", "both.yaml"] {
+        std::fs::rename(hidden.join(f), dir.path().join(f)).unwrap();
+    }
+
     // Everything moves to the new key; a second backup no longer needs the old one.
     let (code, report, err) = migrate(
         &etcd,
@@ -162,6 +229,26 @@ async fn backups_record_and_escrow_their_keys_and_hold_a_key_until_pruned() {
     assert_eq!(after.len(), before.len());
     assert_ne!(after[39..107], before[39..107], "envelope re-wrapped");
     assert_eq!(after[107..], before[107..], "body untouched");
+    // The re-wrapped escrow opens with the new KEK.
+    let (code, out, err) = rekey_run(
+        &[
+            "backup",
+            "verify",
+            "--json",
+            "--kek-file",
+            s(&new_kek),
+            "--from",
+            &first_location,
+            "--decrypt-secrets",
+            "5",
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&out).unwrap()["secrets_decrypted"],
+        5
+    );
     // The records still describe the backups, not their escrows.
     let list = rekey_json(&["backup", "list", "--config", s(&toml)], &[]);
     for rec in list["backups"].as_array().unwrap() {
