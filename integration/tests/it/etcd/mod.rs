@@ -1,5 +1,6 @@
 //! etcd encryption at rest end to end, and the etcd harness itself.
 
+mod budget;
 mod checks;
 mod harness;
 mod memory;
