@@ -375,3 +375,142 @@ async fn conflicts_and_deleted_objects_are_answers_and_the_rate_is_kept() {
             .all(|(_, v, _)| v.starts_with("k8s:enc:aesgcm:v1:new:"))
     );
 }
+
+/// `rekey serve` with `[kubernetes]` (the stand-in) and `[etcd]`
+/// (`extra` lines added to the section).
+async fn serve(
+    db: &rekey_integration::pg::TestDb,
+    pki: &rekey_integration::api::Pki,
+    etcd: &Etcd,
+    k: &KubeStandIn,
+    config: &Path,
+    extra: &str,
+) -> rekey_integration::api::Serve {
+    let rest = format!(
+        "\n[kubernetes]\nkubeconfig = \"{}\"\n\n[etcd]\nendpoints = [\"{}\"]\nencryption_config = \"{}\"\nmigrate_max_rate = 0\n{extra}",
+        k.admin_kubeconfig().display(),
+        etcd.endpoint,
+        config.display()
+    );
+    rekey_integration::api::Serve::start(db, pki, "", &rest).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn post_v1_etcd_migrate_is_for_admins_and_migrates() {
+    let db = fresh_db().await;
+    let pki = rekey_integration::api::Pki::new();
+    let etcd = Etcd::start();
+    let dir = tempfile::tempdir().unwrap();
+    let old = config(dir.path(), "old.yaml", &cbc_old());
+    let both = config(dir.path(), "both.yaml", &gcm_new_then_cbc_old());
+    let k = stand_in(&etcd, &old);
+    create(&k, 8, 2).await;
+    k.set_encryption_config(&both);
+    let srv = serve(&db, &pki, &etcd, &k, &both, "").await;
+    let url = format!("{}/v1/etcd/migrate", srv.url);
+    let r = pki.client("operator").post(&url).send().await.unwrap();
+    assert_eq!(r.status(), 403);
+    let r = pki
+        .client("admin")
+        .post(&url)
+        .json(&json!({"colour": "red"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400, "unknown fields are refused");
+    let r = pki
+        .client("admin")
+        .post(&url)
+        .json(&json!({"dry_run": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let plan: Value = r.json().await.unwrap();
+    assert_eq!(
+        (plan["planned"].as_u64(), plan["rewritten"].as_u64()),
+        (Some(10), Some(0)),
+        "{plan:#}"
+    );
+    let r = pki
+        .client("admin")
+        .post(&url)
+        .json(&json!({"resources": ["secrets"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let report: Value = r.json().await.unwrap();
+    assert_eq!(report["rewritten"], 8, "{report:#}");
+    assert_eq!(report["stale_after"], 0);
+    let moved = stored(&etcd).await;
+    assert_eq!(
+        moved
+            .iter()
+            .filter(|(_, v, _)| v.starts_with("k8s:enc:aesgcm:v1:new:"))
+            .count(),
+        8,
+        "only the Secrets: {moved:?}"
+    );
+    let trigger: String = sqlx::query_scalar("SELECT trigger FROM etcd_migrations WHERE id = $1")
+        .bind(report["migration_id"].as_i64().unwrap())
+        .fetch_one(db.pool())
+        .await
+        .unwrap();
+    assert_eq!(trigger, "api");
+    let audited: Vec<String> = sqlx::query_scalar(
+        "SELECT outcome FROM audit_events WHERE action = 'etcd.migrate' ORDER BY id",
+    )
+    .fetch_all(db.pool())
+    .await
+    .unwrap();
+    assert!(audited.iter().any(|o| o == "denied"), "{audited:?}");
+    assert!(audited.iter().any(|o| o == "success"), "{audited:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_scheduled_migration_rewrites_what_is_stale() {
+    let db = fresh_db().await;
+    let pki = rekey_integration::api::Pki::new();
+    let etcd = Etcd::start();
+    let dir = tempfile::tempdir().unwrap();
+    let old = config(dir.path(), "old.yaml", &cbc_old());
+    let both = config(dir.path(), "both.yaml", &gcm_new_then_cbc_old());
+    let k = stand_in(&etcd, &old);
+    create(&k, 6, 1).await;
+    k.set_encryption_config(&both);
+    let srv = serve(
+        &db,
+        &pki,
+        &etcd,
+        &k,
+        &both,
+        "migrate_schedule = \"* * * * * *\"\n",
+    )
+    .await;
+    let pool = db.pool().clone();
+    rekey_integration::wait::eventually(
+        "a completed scheduled migration",
+        std::time::Duration::from_secs(60),
+        async || {
+            let rows: Vec<(String, i64)> = sqlx::query_as(
+                "SELECT status, rewritten FROM etcd_migrations WHERE trigger = 'schedule'",
+            )
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+            if rows.iter().any(|(s, n)| s == "completed" && *n == 7) {
+                Ok(())
+            } else {
+                Err(format!("{rows:?}\n{}", srv.log()))
+            }
+        },
+    )
+    .await;
+    assert!(
+        stored(&etcd)
+            .await
+            .iter()
+            .all(|(_, v, _)| v.starts_with("k8s:enc:aesgcm:v1:new:"))
+    );
+}
