@@ -53,7 +53,7 @@ use crate::{
 };
 
 /// Values read from etcd per page (one page of rewrites, then the cursor is saved).
-pub const PAGE: i64 = 256;
+pub const PAGE: i64 = 1024;
 /// Rewrite passes over a resource before stale values left are a failure.
 pub const MAX_PASSES: usize = 3;
 /// The lock that keeps migrations one at a time (CLI, API, schedule).
