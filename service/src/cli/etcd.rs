@@ -12,7 +12,7 @@ use anyhow::Context;
 use chrono::Utc;
 use clap::{Args, Subcommand};
 
-use super::db::DbArgs;
+use super::{db::DbArgs, etcd_flags::DEFAULT_ENDPOINT};
 use crate::{
     error::BadInput,
     etcd::{
@@ -26,9 +26,6 @@ use crate::{
     },
     units::HumanDuration,
 };
-
-/// etcd's default client URL (as etcdctl's).
-pub(super) const DEFAULT_ENDPOINT: &str = "http://127.0.0.1:2379";
 
 /// `rekey etcd ...`
 #[derive(Debug, Subcommand)]

@@ -11,7 +11,7 @@ use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::Context;
 
-use super::{db::DbArgs, etcd_migrate::etcd_from_flags};
+use super::{db::DbArgs, etcd_flags::etcd_from_flags};
 use crate::{
     backup,
     error::BadInput,

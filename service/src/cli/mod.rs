@@ -23,6 +23,7 @@ pub mod client;
 pub mod db;
 pub mod dev;
 pub mod etcd;
+pub mod etcd_flags;
 pub mod etcd_migrate;
 pub mod etcd_retire;
 pub mod kube;
