@@ -514,3 +514,38 @@ async fn the_scheduled_migration_rewrites_what_is_stale() {
             .all(|(_, v, _)| v.starts_with("k8s:enc:aesgcm:v1:new:"))
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn api_servers_still_on_the_old_write_key_leave_values_stale_and_the_migration_fails() {
+    let db = fresh_db().await;
+    let etcd = Etcd::start();
+    let dir = tempfile::tempdir().unwrap();
+    let old = config(dir.path(), "old.yaml", &cbc_old());
+    let both = config(dir.path(), "both.yaml", &gcm_new_then_cbc_old());
+    // The API servers were not restarted: they still write with the old key.
+    let k = stand_in(&etcd, &old);
+    create(&k, 5, 0).await;
+    let before = stored(&etcd).await;
+    let (code, report, err) = migrate(
+        &etcd,
+        &k.admin_kubeconfig(),
+        &both,
+        Some(&db.url),
+        &["--resources", "secrets", "--max-rate", "0"],
+    );
+    assert_eq!(code, 1, "{err}\n{report:#}");
+    assert_eq!(report["rewritten"], 0, "{report:#}");
+    assert!(report["unchanged"].as_u64().unwrap() >= 5, "{report:#}");
+    assert_eq!(report["stale_after"], 5);
+    let error = report["error"].as_str().unwrap();
+    assert!(
+        error.contains("secrets (5 stale, write key aesgcm:new)") && error.contains("restart them"),
+        "{error}"
+    );
+    assert_eq!(stored(&etcd).await, before, "nothing was written");
+    let status: String = sqlx::query_scalar("SELECT status FROM etcd_migrations")
+        .fetch_one(db.pool())
+        .await
+        .unwrap();
+    assert_eq!(status, "failed");
+}
