@@ -57,6 +57,10 @@ pub const POINTS: &[(&str, &str)] = &[
         "backup-before-record",
         "backup: object complete, not yet recorded as completed",
     ),
+    (
+        "etcd-migrate-mid-batch",
+        "etcd migrate: half of a page's objects rewritten, its progress not yet saved",
+    ),
 ];
 
 /// Marks a crash point.

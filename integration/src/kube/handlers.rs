@@ -75,7 +75,7 @@ fn parse_path(path: &str) -> Result<Target, ApiError> {
     })
 }
 
-fn respond(code: u16, body: &Value) -> Response {
+pub(crate) fn respond(code: u16, body: &Value) -> Response {
     (
         StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
         [(header::CONTENT_TYPE, "application/json")],
@@ -277,7 +277,7 @@ fn forbidden(user: &UserInfo, a: &Attributes) -> ApiError {
     e
 }
 
-fn parse_body(body: &Bytes) -> Result<Value, ApiError> {
+pub(crate) fn parse_body(body: &Bytes) -> Result<Value, ApiError> {
     serde_json::from_slice(body).map_err(|e| {
         ApiError::bad_request(format!(
             "the body of the request was in an unknown format: {e}"
@@ -315,6 +315,9 @@ async fn dispatch(
     watch: bool,
 ) -> Result<Response, ApiError> {
     let rt = &t.rt;
+    if let Some(st) = s.storage.get().filter(|st| st.serves(rt)) {
+        return super::storage::dispatch(st, method, t, query, headers, body, watch).await;
+    }
     if rt.virtual_only {
         if method != Method::POST || t.name.is_some() {
             return Err(ApiError::new(
@@ -482,7 +485,7 @@ async fn dispatch(
     }
 }
 
-fn check_kind(rt: &ResourceType, obj: &Value) -> Result<(), ApiError> {
+pub(crate) fn check_kind(rt: &ResourceType, obj: &Value) -> Result<(), ApiError> {
     if let Some(k) = obj["kind"].as_str()
         && k != rt.kind
     {
@@ -601,7 +604,7 @@ fn csr_subresource(
     w.replace(rt, "", name, new).map(|v| respond(200, &v))
 }
 
-fn selectors(
+pub(crate) fn selectors(
     t: &Target,
     query: &HashMap<String, String>,
 ) -> Result<(LabelSelector, FieldSelector), ApiError> {
@@ -618,7 +621,7 @@ fn selectors(
     Ok((ls, fs))
 }
 
-fn labels_of(obj: &Value) -> std::collections::BTreeMap<String, String> {
+pub(crate) fn labels_of(obj: &Value) -> std::collections::BTreeMap<String, String> {
     obj["metadata"]["labels"]
         .as_object()
         .map(|m| {

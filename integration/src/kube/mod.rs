@@ -17,6 +17,10 @@
 //!                                     store::World (objects, resourceVersions, event log → watches)
 //! ```
 //!
+//! With [`Options::storage`] Secrets and ConfigMaps live in a real etcd,
+//! stored as the API server stores them (protobuf, then the
+//! EncryptionConfiguration's write transformer; see [`storage`]).
+//!
 //! It runs on its own thread and runtime, so tests may block (on a child
 //! process, say) without stalling it. What the real server does that this
 //! does not: server-side apply, strategic-merge list semantics (maps only),
@@ -28,6 +32,7 @@ mod handlers;
 pub mod rbac;
 mod requests;
 pub mod selector;
+pub mod storage;
 pub mod store;
 mod validate;
 
@@ -103,6 +108,7 @@ pub(crate) struct Shared {
     pub down_tx: tokio::sync::watch::Sender<u64>,
     pub bookmark_interval: Duration,
     pub admin_user: String,
+    pub storage: std::sync::OnceLock<Arc<storage::EtcdStorage>>,
 }
 
 impl Shared {
@@ -183,6 +189,9 @@ pub struct Options {
     pub bookmark_interval: Duration,
     /// Worker threads of the stand-in's runtime.
     pub workers: usize,
+    /// Keep Secrets and ConfigMaps in this etcd, encrypted as the API server
+    /// would (default: in memory, like everything else).
+    pub storage: Option<storage::StorageOptions>,
 }
 
 impl Default for Options {
@@ -191,6 +200,7 @@ impl Default for Options {
             load_deploy: true,
             bookmark_interval: Duration::from_secs(1),
             workers: 2,
+            storage: None,
         }
     }
 }
@@ -278,6 +288,7 @@ impl KubeStandIn {
             down_tx,
             bookmark_interval: opts.bookmark_interval,
             admin_user: ADMIN_USER.into(),
+            storage: std::sync::OnceLock::new(),
         });
         let mut deploy_objects = Vec::new();
         {
@@ -358,6 +369,7 @@ impl KubeStandIn {
         let sh = shared.clone();
         let stop = shutdown.clone();
         let workers = opts.workers.max(1);
+        let storage_opts = opts.storage.clone();
         let thread = std::thread::Builder::new()
             .name("kube-stand-in".into())
             .spawn(move || {
@@ -366,6 +378,12 @@ impl KubeStandIn {
                     .enable_all()
                     .build()
                     .expect("stand-in runtime");
+                if let Some(so) = &storage_opts {
+                    let st = rt
+                        .block_on(storage::EtcdStorage::start(so))
+                        .unwrap_or_else(|e| panic!("the stand-in's etcd storage: {e}"));
+                    let _ = sh.storage.set(Arc::new(st));
+                }
                 rt.block_on(serve(sh, tls, stop, addr_tx));
             })
             .expect("stand-in thread");
@@ -386,6 +404,18 @@ impl KubeStandIn {
         me.write_kubeconfig("rekey", &me.rekey_token.clone(), Some(REKEY_NAMESPACE));
         me.write_kubeconfig("admin", &me.admin_token.clone(), Some("default"));
         me
+    }
+
+    /// Swaps the EncryptionConfiguration of the etcd storage mode, as
+    /// restarting the API servers with a new `--encryption-provider-config`
+    /// does. Panics when the stand-in keeps everything in memory.
+    pub fn set_encryption_config(&self, path: &std::path::Path) {
+        self.shared
+            .storage
+            .get()
+            .expect("the stand-in was started without etcd storage (Options::storage)")
+            .set_encryption_config(path)
+            .unwrap_or_else(|e| panic!("the stand-in's EncryptionConfiguration: {e}"));
     }
 
     /// The CA certificate (PEM) clients must trust.

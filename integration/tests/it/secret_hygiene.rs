@@ -207,6 +207,9 @@ fn rekey_dev_with_debug_logs_leaks_no_key() {
     let mut child = rekey()
         .args(["dev", "--state-dir"])
         .arg(state.path().join("state"))
+        // Not the default 127.0.0.1:8443: tests run side by side.
+        .arg("--api-listen")
+        .arg(format!("127.0.0.1:{}", rekey::devdb::free_port().unwrap()))
         .env("REKEY_LOG", "debug")
         .stdin(Stdio::null())
         .stdout(std::fs::File::create(&stdout).unwrap())
@@ -782,5 +785,147 @@ async fn kubernetes_tokens_secrets_and_bootstrap_tokens_leak_nothing() {
         "too few secrets collected from the cluster: {}",
         seen.len()
     );
+    assert_clean(&scanner, &captured.0);
+}
+
+/// `etcd migrate`, `rotate-key --retire`, a backup with its key escrow and
+/// the Secrets drill, with debug logs: neither the encryption keys, nor the
+/// KEK, nor the escrow's data key appear in any output.
+#[tokio::test(flavor = "multi_thread")]
+async fn migrate_retire_escrow_and_drill_leak_no_key() {
+    let (cbc, cbc_b64) = key_b64(32);
+    let (gcm, gcm_b64) = key_b64(32);
+    let kek = random_bytes(32);
+    let db = rekey_integration::pg::fresh_db().await;
+    let etcd = Etcd::start();
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, providers: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(
+            &p,
+            format!(
+                "apiVersion: apiserver.config.k8s.io/v1\nkind: EncryptionConfiguration\nresources:\n  - resources: [secrets]\n    providers:\n{providers}      - identity: {{}}\n"
+            ),
+        )
+        .unwrap();
+        p
+    };
+    let old_p = format!(
+        "      - aescbc:\n          keys:\n            - {{name: old, secret: {cbc_b64}}}\n"
+    );
+    let new_p = format!(
+        "      - aesgcm:\n          keys:\n            - {{name: new, secret: {gcm_b64}}}\n"
+    );
+    let old = write("old.yaml", &old_p);
+    let both = write("both.yaml", &format!("{new_p}{old_p}"));
+    let k = crate::etcd::migrate::stand_in(&etcd, &old);
+    crate::etcd::migrate::create(&k, 6, 0).await;
+    k.set_encryption_config(&both);
+    let kek_path = dir.path().join("kek");
+    std::fs::write(&kek_path, &kek).unwrap();
+    let local = dir.path().join("backups");
+    let toml = dir.path().join("rekey.toml");
+    std::fs::write(
+        &toml,
+        format!(
+            "[database]\nurl = \"{}\"\n\n[etcd]\nendpoints = [\"{}\"]\nencryption_config = \"{}\"\n\n[backup]\ndestination = \"{}\"\nkek_file = \"{}\"\n",
+            db.url,
+            etcd.endpoint,
+            both.display(),
+            local.display(),
+            kek_path.display()
+        ),
+    )
+    .unwrap();
+    let mut captured = Captured::default();
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let base = |args: &[&str]| {
+        let mut c = rekey();
+        c.args(args);
+        c
+    };
+    assert_eq!(
+        captured.run(
+            "backup run",
+            &mut base(&["backup", "run", "--json", "--config", &s(&toml)])
+        ),
+        0
+    );
+    let record: serde_json::Value = serde_json::from_slice(&captured.0[0].1).unwrap();
+    let location = record["location"].as_str().unwrap().to_string();
+    let escrow = std::fs::read(format!("{}.keys", location.trim_start_matches("file://"))).unwrap();
+    for json in [true, false] {
+        let mut c = base(&[
+            "backup",
+            "verify",
+            "--kek-file",
+            &s(&kek_path),
+            "--from",
+            &location,
+            "--decrypt-secrets",
+            "6",
+        ]);
+        if json {
+            c.arg("--json");
+        }
+        assert_eq!(captured.run("backup verify --decrypt-secrets", &mut c), 0);
+    }
+    let migrate = |config: &Path, extra: &[&str]| {
+        let mut c = base(&[
+            "etcd",
+            "migrate",
+            "--max-rate",
+            "0",
+            "--encryption-config",
+            &s(config),
+            "--endpoints",
+            &etcd.endpoint,
+            "--database-url",
+            &db.url,
+            "--kubeconfig",
+            &s(&k.admin_kubeconfig()),
+        ]);
+        c.args(extra);
+        c
+    };
+    // A configuration that cannot open the values: the error names them, not the keys.
+    let only_new = write("new.yaml", &new_p);
+    assert_eq!(
+        captured.run("migrate (mismatch)", &mut migrate(&only_new, &[])),
+        1
+    );
+    assert_eq!(
+        captured.run("migrate --dry-run", &mut migrate(&both, &["--dry-run"])),
+        0
+    );
+    assert_eq!(
+        captured.run("migrate --json", &mut migrate(&both, &["--json"])),
+        0
+    );
+    let retire = |name: &str| {
+        base(&[
+            "etcd",
+            "rotate-key",
+            "--retire",
+            name,
+            "--encryption-config",
+            &s(&both),
+            "--endpoints",
+            &etcd.endpoint,
+            "--database-url",
+            &db.url,
+        ])
+    };
+    assert_eq!(
+        captured.run("retire (a backup needs it)", &mut retire("old")),
+        1
+    );
+    assert_eq!(captured.run("retire (unknown)", &mut retire("nope")), 2);
+
+    let mut scanner = Scanner::new();
+    scanner.add("aescbc key", &cbc);
+    scanner.add("aesgcm key", &gcm);
+    scanner.add("backup KEK", &kek);
+    scanner.add("escrow data key", &data_key(&escrow, &kek));
     assert_clean(&scanner, &captured.0);
 }

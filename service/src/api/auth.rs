@@ -143,6 +143,8 @@ pub enum Action {
     RevokeBootstrapToken,
     /// `POST /v1/etcd/verify`
     VerifyEtcd,
+    /// `POST /v1/etcd/migrate`
+    MigrateEtcd,
     /// `GET /v1/backups`
     ListBackups,
     /// `POST /v1/backups`
@@ -177,7 +179,8 @@ impl Action {
             | Self::ReadMetrics => Role::Viewer,
             Self::RotateCredential | Self::RevokeBootstrapToken => Role::Operator,
             // Verification decrypts stored secrets; a backup copies all of etcd.
-            Self::VerifyEtcd | Self::RunBackup => Role::Admin,
+            // A storage migration rewrites every stale object.
+            Self::VerifyEtcd | Self::MigrateEtcd | Self::RunBackup => Role::Admin,
         }
     }
 
@@ -187,6 +190,7 @@ impl Action {
             Self::RotateCredential => Some("credential.rotate"),
             Self::RevokeBootstrapToken => Some("bootstrap_token.revoke"),
             Self::VerifyEtcd => Some("etcd.verify"),
+            Self::MigrateEtcd => Some("etcd.migrate"),
             Self::RunBackup => Some("backup.run"),
             _ => None,
         }
@@ -207,6 +211,7 @@ impl Action {
             Self::ListBootstrapTokens => a("bootstraptokens", None, "list"),
             Self::RevokeBootstrapToken => a("bootstraptokens", Some("revoke"), "create"),
             Self::VerifyEtcd => a("etcdverifications", None, "create"),
+            Self::MigrateEtcd => a("etcdmigrations", None, "create"),
             Self::ListBackups => a("backups", None, "list"),
             Self::RunBackup => a("backups", None, "create"),
             Self::ReadAudit => a("auditevents", None, "list"),
@@ -401,6 +406,7 @@ mod tests {
             Action::RotateCredential,
             Action::RevokeBootstrapToken,
             Action::VerifyEtcd,
+            Action::MigrateEtcd,
             Action::RunBackup,
         ] {
             assert!(a.audit_name().is_some(), "{a:?}");

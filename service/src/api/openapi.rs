@@ -41,7 +41,7 @@ pub async fn openapi_json() -> Response {
         credentials::list_credentials, credentials::get_credential,
         credentials::rotate_credential, rotations::get_rotation,
         bootstrap_tokens::list_bootstrap_tokens, bootstrap_tokens::revoke_bootstrap_token,
-        etcd::verify_etcd, backups::list_backups, backups::run_backup, audit::list_audit,
+        etcd::verify_etcd, etcd::migrate_etcd, backups::list_backups, backups::run_backup, audit::list_audit,
         health::metrics_authed, health::healthz, health::readyz, openapi_json
     ),
     components(schemas(Problem, CredentialView, CredentialList, CredentialSummary, CredentialDetail, RotationView,
@@ -180,6 +180,7 @@ mod tests {
             "/v1/bootstrap-tokens",
             "/v1/bootstrap-tokens/{id}/revoke",
             "/v1/etcd/verify",
+            "/v1/etcd/migrate",
             "/v1/backups",
             "/v1/audit",
             "/healthz",

@@ -76,6 +76,7 @@ pub fn router(
             post(bootstrap_tokens::revoke_bootstrap_token),
         )
         .route("/v1/etcd/verify", post(etcd::verify_etcd))
+        .route("/v1/etcd/migrate", post(etcd::migrate_etcd))
         .route(
             "/v1/backups",
             get(backups::list_backups).post(backups::run_backup),

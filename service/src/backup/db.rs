@@ -4,9 +4,12 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use uuid::Uuid;
 
-use crate::store::{
-    Store, StoreError,
-    audit::{NewEvent, Ticket, record_many},
+use crate::{
+    etcd::census::KeyUse,
+    store::{
+        Store, StoreError,
+        audit::{NewEvent, Ticket, record_many},
+    },
 };
 
 /// Commits `tx` with `event` recorded in it: through `ticket` when the
@@ -59,10 +62,16 @@ pub struct BackupRecord {
     pub error: Option<String>,
     /// When `prune` deleted the object.
     pub pruned_at: Option<DateTime<Utc>>,
+    /// The encryption-at-rest keys the snapshot's values are stored under
+    /// (`[{"key", "fingerprint", "values", "writing", "escrowed"}]`), from a
+    /// scan at the snapshot's revision; null for backups taken before rekey
+    /// recorded them (or without `[etcd] encryption_config`).
+    pub encryption_keys: Option<sqlx::types::Json<Vec<KeyUse>>>,
 }
 
 const COLUMNS: &str = "id, location, status, source, requested_by, started_at, finished_at, \
-     size_bytes, sha256, plaintext_bytes, kek_id, chunk_size, etcd_revision, error, pruned_at";
+     size_bytes, sha256, plaintext_bytes, kek_id, chunk_size, etcd_revision, error, pruned_at, \
+     encryption_keys";
 
 /// A backup about to start.
 #[derive(Debug, Clone)]
@@ -134,6 +143,34 @@ pub async fn mark_completed(
     .await?;
     commit_audited(tx, event, ticket).await?;
     Ok(record)
+}
+
+/// Records the keys a running backup's snapshot needs (before the snapshot
+/// is taken: a running backup already counts as needing them).
+pub async fn set_encryption_keys(
+    store: &Store,
+    id: Uuid,
+    keys: &[KeyUse],
+) -> Result<(), StoreError> {
+    sqlx::query("UPDATE backups SET encryption_keys = $2 WHERE id = $1")
+        .bind(id)
+        .bind(sqlx::types::Json(keys))
+        .execute(store.pool())
+        .await?;
+    Ok(())
+}
+
+/// Backups that are kept and may be restored: completed ones, and running
+/// ones (about to be), newest first. What key retirement must respect.
+pub async fn retained(store: &Store) -> Result<Vec<BackupRecord>, StoreError> {
+    Ok(
+        sqlx::query_as::<_, BackupRecord>(sqlx::AssertSqlSafe(format!(
+            "SELECT {COLUMNS} FROM backups WHERE status IN ('completed', 'running')
+             ORDER BY started_at DESC, id"
+        )))
+        .fetch_all(store.pool())
+        .await?,
+    )
 }
 
 /// Marks a running backup `failed` with the reason, and records its audit
@@ -254,7 +291,8 @@ pub async fn get(store: &Store, id: Uuid) -> Result<Option<BackupRecord>, StoreE
 // recorded between two requests neither repeat nor hide older ones.
 
 const PAGE_COLUMNS: &str = "id, location, status, source, requested_by, started_at, finished_at, \
-     size_bytes, sha256, plaintext_bytes, kek_id, chunk_size, etcd_revision, error, pruned_at";
+     size_bytes, sha256, plaintext_bytes, kek_id, chunk_size, etcd_revision, error, pruned_at, \
+     encryption_keys";
 
 /// At most `filter.limit` backups matching `filter`, newest first, starting
 /// after the row whose `(started_at, id)` is `after`.

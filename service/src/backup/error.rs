@@ -1,7 +1,7 @@
 //! [`BackupError`]: why a backup operation failed, and whether the user's
 //! input is at fault.
 
-use super::{format, kek, location, snapshot, stream};
+use super::{escrow, format, kek, location, snapshot, stream};
 use crate::store::StoreError;
 
 /// Why a backup operation failed.
@@ -28,6 +28,18 @@ pub enum BackupError {
     /// A local file operation failed.
     #[error("{0}")]
     Io(String),
+    /// The encryption-at-rest keys could not be counted (the
+    /// EncryptionConfiguration is unreadable or invalid, or etcd failed).
+    #[error("encryption keys: {message}")]
+    Keys {
+        /// What went wrong.
+        message: String,
+        /// The configuration file is at fault.
+        bad_input: bool,
+    },
+    /// The key escrow could not be written or read.
+    #[error(transparent)]
+    Escrow(#[from] escrow::EscrowError),
 }
 
 impl BackupError {
@@ -37,6 +49,7 @@ impl BackupError {
             Self::Kek(_) | Self::Format(_) => true,
             Self::Location(e) => e.is_bad_input(),
             Self::Stream(e) => e.is_bad_input(),
+            Self::Keys { bad_input, .. } => *bad_input,
             _ => false,
         }
     }

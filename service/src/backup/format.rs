@@ -31,6 +31,28 @@ use super::kek::{KEK_ID_LEN, Kek, KekId};
 
 /// The first bytes of every backup object.
 pub const MAGIC: [u8; 8] = *b"REKEYBAK";
+/// The first bytes of a backup's key escrow (the same format, another magic,
+/// so neither can pass for the other: the magic is authenticated).
+pub const ESCROW_MAGIC: [u8; 8] = *b"REKEYESC";
+
+/// What an object in this format holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ObjectKind {
+    /// An encrypted etcd snapshot (or file): `REKEYBAK`.
+    Backup,
+    /// The encryption-at-rest keys a backup needs, escrowed next to it: `REKEYESC`.
+    KeyEscrow,
+}
+
+impl ObjectKind {
+    /// Its magic bytes.
+    pub fn magic(self) -> [u8; 8] {
+        match self {
+            Self::Backup => MAGIC,
+            Self::KeyEscrow => ESCROW_MAGIC,
+        }
+    }
+}
 /// The format this build writes.
 pub const VERSION: u16 = 1;
 /// Bytes read before the version is known: magic, version, header length.
@@ -65,6 +87,14 @@ pub enum FormatError {
     /// The object does not start with the magic bytes.
     #[error("not a rekey backup: the object does not start with the magic bytes `REKEYBAK`")]
     NotABackup,
+    /// The object is a backup's key escrow, not a backup (or the reverse).
+    #[error("not a rekey {expected}: the object is a {found}")]
+    WrongKind {
+        /// What was asked for (`backup` or `key escrow`).
+        expected: &'static str,
+        /// What it is.
+        found: &'static str,
+    },
     /// A version this build cannot read.
     #[error(
         "unsupported backup format version {0} (this build reads version {VERSION}); \
@@ -103,6 +133,8 @@ pub enum FormatError {
 /// A parsed version-1 header (authenticity is checked by [`Header::unwrap`]).
 #[derive(Clone, PartialEq, Eq)]
 pub struct Header {
+    /// Backup or key escrow (the magic).
+    pub kind: ObjectKind,
     /// The backup's id; bound into every chunk.
     pub backup_id: Uuid,
     /// Plaintext bytes per chunk.
@@ -152,9 +184,22 @@ fn aead_key(bytes: &[u8; 32]) -> LessSafeKey {
 /// Reads the first [`PREAMBLE_LEN`] bytes: checks magic and version, returns
 /// the header length to read in all.
 pub fn parse_preamble(bytes: &[u8; PREAMBLE_LEN]) -> Result<usize, FormatError> {
-    if bytes[..8] != MAGIC {
-        return Err(FormatError::NotABackup);
+    match parse_preamble_of(bytes)? {
+        (len, ObjectKind::Backup) => Ok(len),
+        (_, ObjectKind::KeyEscrow) => Err(FormatError::WrongKind {
+            expected: "backup",
+            found: "backup's key escrow (it holds encryption-at-rest keys, not a snapshot)",
+        }),
     }
+}
+
+/// Like [`parse_preamble`], for either kind of object; returns which.
+pub fn parse_preamble_of(bytes: &[u8; PREAMBLE_LEN]) -> Result<(usize, ObjectKind), FormatError> {
+    let kind = match <[u8; 8]>::try_from(&bytes[..8]).expect("8 bytes") {
+        MAGIC => ObjectKind::Backup,
+        ESCROW_MAGIC => ObjectKind::KeyEscrow,
+        _ => return Err(FormatError::NotABackup),
+    };
     let version = u16::from_be_bytes([bytes[8], bytes[9]]);
     if version != VERSION {
         return Err(FormatError::UnsupportedVersion(version));
@@ -165,16 +210,27 @@ pub fn parse_preamble(bytes: &[u8; PREAMBLE_LEN]) -> Result<usize, FormatError> 
             "the header length field says {len} bytes; version {VERSION} headers are {HEADER_LEN}"
         )));
     }
-    Ok(len)
+    Ok((len, kind))
 }
 
 impl Header {
     /// A new header for a backup under `kek`, and its fresh data key.
     pub fn new(kek: &Kek, chunk_size: u32, backup_id: Uuid) -> (Self, DataKey) {
+        Self::new_of(ObjectKind::Backup, kek, chunk_size, backup_id)
+    }
+
+    /// A new header of `kind` under `kek`, and its fresh data key.
+    pub fn new_of(
+        kind: ObjectKind,
+        kek: &Kek,
+        chunk_size: u32,
+        backup_id: Uuid,
+    ) -> (Self, DataKey) {
         let key = DataKey::generate();
         let mut nonce_prefix = [0u8; PREFIX_LEN];
         rand::fill(&mut nonce_prefix[..]);
         let mut header = Self {
+            kind,
             backup_id,
             chunk_size,
             nonce_prefix,
@@ -269,7 +325,7 @@ impl Header {
     /// The bytes bound into every chunk.
     pub fn stream_header(&self) -> [u8; STREAM_HEADER_LEN] {
         let mut b = [0u8; STREAM_HEADER_LEN];
-        b[..8].copy_from_slice(&MAGIC);
+        b[..8].copy_from_slice(&self.kind.magic());
         b[8..10].copy_from_slice(&VERSION.to_be_bytes());
         b[10..12].copy_from_slice(&(HEADER_LEN as u16).to_be_bytes());
         b[12..28].copy_from_slice(self.backup_id.as_bytes());
@@ -294,11 +350,12 @@ impl Header {
         b
     }
 
-    /// Parses a stored header (magic, version and length are checked again).
+    /// Parses a stored header of either kind (magic, version and length are
+    /// checked again).
     pub fn parse(b: &[u8; HEADER_LEN]) -> Result<Self, FormatError> {
         let mut pre = [0u8; PREAMBLE_LEN];
         pre.copy_from_slice(&b[..PREAMBLE_LEN]);
-        parse_preamble(&pre)?;
+        let (_, kind) = parse_preamble_of(&pre)?;
         let mut id = [0u8; 16];
         id.copy_from_slice(&b[12..28]);
         let mut nonce_prefix = [0u8; PREFIX_LEN];
@@ -310,6 +367,7 @@ impl Header {
         let mut wrapped_key = [0u8; DATA_KEY_LEN + TAG_LEN];
         wrapped_key.copy_from_slice(&b[59..107]);
         Ok(Self {
+            kind,
             backup_id: Uuid::from_bytes(id),
             chunk_size: u32::from_be_bytes([b[28], b[29], b[30], b[31]]),
             nonce_prefix,

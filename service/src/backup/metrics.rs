@@ -67,6 +67,7 @@ mod tests {
             etcd_revision: Some(5),
             error: None,
             pruned_at: None,
+            encryption_keys: None,
         };
         metrics::with_local_recorder(&recorder, || {
             describe_metrics();

@@ -33,10 +33,13 @@
 
 pub mod crypt;
 pub mod db;
+pub mod drill;
 pub mod error;
+pub mod escrow;
 pub mod format;
 pub mod job;
 pub mod kek;
+pub mod keys;
 pub mod location;
 pub mod metrics;
 pub mod progress;

@@ -68,6 +68,7 @@ mod tests {
             etcd_revision: Some(1),
             error: None,
             pruned_at: None,
+            encryption_keys: None,
         }
     }
 

@@ -82,6 +82,13 @@ pub async fn prune(
                 id,
                 source: e.into(),
             })?;
+            // Its key escrow goes with it (a missing one is fine).
+            super::escrow::delete(&rec.location, settings)
+                .await
+                .map_err(|e| PruneError::Delete {
+                    id,
+                    source: e.into(),
+                })?;
             db::mark_pruned(store, id)
                 .await
                 .map_err(BackupError::from)?;

@@ -25,6 +25,7 @@ use uuid::Uuid;
 
 use super::{
     BackupError, ListFilter, OBJECT_SUFFIX, db,
+    escrow::{self, ESCROW_SUFFIX},
     format::{FormatError, HEADER_LEN, Header},
     kek::Kek,
     location::{self, Destination, StoreSettings, Target},
@@ -106,6 +107,14 @@ pub async fn discover(
         .into_iter()
         .map(|l| l.target)
         .collect();
+    // Key escrows are re-wrapped like backups.
+    targets.extend(
+        destination
+            .list(&format!("{OBJECT_SUFFIX}{ESCROW_SUFFIX}"))
+            .await?
+            .into_iter()
+            .map(|l| l.target),
+    );
     if let Some(store) = store {
         for r in db::list(store, ListFilter::default()).await? {
             if r.status == "completed"
@@ -113,6 +122,12 @@ pub async fn discover(
                 && !targets.iter().any(|t| t.display() == r.location)
             {
                 targets.push(Target::parse(&r.location, settings)?);
+                if r.encryption_keys
+                    .as_ref()
+                    .is_some_and(|k| k.iter().any(|u| u.escrowed))
+                {
+                    targets.push(Target::parse(&escrow::location_of(&r.location), settings)?);
+                }
             }
         }
     }
@@ -148,9 +163,11 @@ pub async fn rewrap(
 ) -> Result<RewrapReport, BackupError> {
     let mut report = RewrapReport::default();
     for t in targets {
+        // A key escrow has no record of its own: its backup's is left alone.
+        let is_escrow = t.display().ends_with(ESCROW_SUFFIX);
         match rewrap_one(t, old, new).await {
             Ok(RewrapOutcome::Done(r)) => {
-                if let Some(store) = store {
+                if let Some(store) = store.filter(|_| !is_escrow) {
                     db::update_envelope(
                         store,
                         r.backup_id,
@@ -171,7 +188,7 @@ pub async fn rewrap(
             }
             Ok(RewrapOutcome::AlreadyNew(id)) => {
                 // A previous run may have rewritten the object but not the record.
-                if let Some(store) = store
+                if let Some(store) = store.filter(|_| !is_escrow)
                     && db::get(store, id)
                         .await?
                         .is_some_and(|r| r.kek_id != new.id().to_string())

@@ -1,5 +1,6 @@
-//! One backup, start to finish: etcd snapshot → encrypt → upload →
-//! record, with its audit event and metrics. The scheduled job
+//! One backup, start to finish: the encryption-at-rest keys it needs
+//! (recorded and escrowed, see [`super::keys`]) → etcd snapshot → encrypt →
+//! upload → record, with its audit event and metrics. The scheduled job
 //! ([`super::job`]), `rekey backup run` and `POST /v1/backups` all call
 //! [`run_backup`]; [`list_backups`] is what `GET /v1/backups` lists.
 
@@ -12,7 +13,7 @@ use uuid::Uuid;
 use super::{
     db::{self, BackupRecord, ListFilter},
     error::BackupError,
-    kek, location,
+    escrow, kek, keys, location,
     metrics::{METRIC_DURATION, METRIC_FAILURES, record_success_metrics},
     settings::BackupConfig,
     snapshot, stream,
@@ -81,8 +82,19 @@ pub async fn run_backup(
         },
     )
     .await?;
+    let settings = backup.store_settings();
+    let mut escrowed: Option<String> = None;
     let result = async {
         destination.prepare().await?;
+        // The keys the snapshot's values need: recorded before the snapshot
+        // (a running backup already counts as needing them) and escrowed
+        // next to it, under the KEK, bound to this backup's id.
+        if let Some((uses, doc)) = keys::count_and_escrow(etcd, id).await? {
+            db::set_encryption_keys(store, id, &uses).await?;
+            let sealed =
+                zeroize::Zeroizing::new(escrow::seal(&doc, &kek).map_err(BackupError::Io)?);
+            escrowed = Some(escrow::write(&target.display(), &sealed, &settings).await?);
+        }
         let snap = snapshot::open_etcd(etcd).await?;
         if let Some(n) = snap.size_hint {
             opts.progress.set_length(n);
@@ -106,6 +118,7 @@ pub async fn run_backup(
             let details = serde_json::json!({
                 "backup_id": id, "size_bytes": finished.size_bytes, "sha256": finished.sha256,
                 "kek_id": row.kek_id, "etcd_revision": revision,
+                "key_escrow": escrowed,
             });
             let event = audit_event(opts, &row.location, Outcome::Success, details);
             let record =
@@ -117,6 +130,11 @@ pub async fn run_backup(
             Ok(record)
         }
         Err(e) => {
+            if escrowed.is_some()
+                && let Err(del) = escrow::delete(&target.display(), &settings).await
+            {
+                tracing::warn!(backup = %id, error = %del, "deleting the failed backup's key escrow failed");
+            }
             let text = e.to_string();
             metrics::counter!(METRIC_FAILURES).increment(1);
             metrics::histogram!(METRIC_DURATION, "outcome" => "failure").record(elapsed);

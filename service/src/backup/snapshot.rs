@@ -205,6 +205,34 @@ pub fn status(path: &Path) -> Result<SnapshotStatus, SnapshotError> {
     Ok(st)
 }
 
+/// A visitor of `(key, value)` entries.
+pub type EntryVisit<'a> = dyn FnMut(&[u8], &[u8]) -> Result<(), SnapshotError> + 'a;
+
+/// Calls `f(key, value)` for every entry of the `key` bucket (etcd's MVCC
+/// store: the key is the revision, the value an `mvccpb.KeyValue`) of the
+/// snapshot file at `path` (checked by [`status`] first).
+pub fn for_each_revision(path: &Path, f: &mut EntryVisit<'_>) -> Result<(), SnapshotError> {
+    let file = File::open(path)?;
+    let len = file.metadata()?.len();
+    let db = Bolt::open(file, len.saturating_sub(HASH_LEN as u64))?;
+    let root = db.page(db.root)?;
+    let mut key_bucket = None;
+    db.walk(&root, 0, &mut |flags, name, value| {
+        if flags & BUCKET_LEAF != 0 && name == b"key" {
+            key_bucket = Some(value.to_vec());
+        }
+        Ok(())
+    })?;
+    let bucket = key_bucket
+        .ok_or_else(|| invalid("the database has no `key` bucket: not an etcd v3 store"))?;
+    db.walk_bucket(&bucket, 0, &mut |flags, k, v| {
+        if flags & BUCKET_LEAF == 0 {
+            f(k, v)?;
+        }
+        Ok(())
+    })
+}
+
 // bbolt layout (little-endian on every platform etcd ships for).
 const PAGE_HEADER: usize = 16;
 const ELEMENT: usize = 16;

@@ -1,5 +1,7 @@
 //! The restore drill (`rekey backup verify`): decrypt a backup to a
-//! temporary file and check that it is a valid etcd snapshot.
+//! temporary file and check that it is a valid etcd snapshot; with
+//! `--decrypt-secrets N`, decrypt N of its Secrets with the backup's
+//! escrowed keys only ([`super::drill`]).
 //!
 //! ```text
 //!  object ──► stream::decrypt (every chunk authenticated, SHA-256 of the ciphertext)
@@ -18,7 +20,12 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use super::{
-    BackupError, BackupRecord, ListFilter, db, kek::Kek, location::Target, progress::Progress,
+    BackupError, BackupRecord, ListFilter, db,
+    drill::{self, SecretsDrill},
+    escrow,
+    kek::Kek,
+    location::{StoreSettings, Target},
+    progress::Progress,
     snapshot, stream,
 };
 use crate::store::{
@@ -41,6 +48,11 @@ pub struct VerifyRequest {
     pub temp_dir: PathBuf,
     /// Where progress goes (its length is set when the object's size is known).
     pub progress: Progress,
+    /// Also decrypt this many of the snapshot's Secrets (all if fewer) with
+    /// the backup's escrowed keys only.
+    pub decrypt_secrets: Option<u64>,
+    /// How to reach S3 (for the key escrow next to the backup).
+    pub settings: StoreSettings,
 }
 
 /// The outcome of a drill (the `--json` document of `rekey backup verify`).
@@ -62,6 +74,16 @@ pub struct VerifyReport {
     pub plaintext_bytes: Option<u64>,
     /// What the snapshot holds.
     pub snapshot: Option<snapshot::SnapshotStatus>,
+    /// With `--decrypt-secrets`: Secrets decrypted into valid Secrets with
+    /// the escrowed keys.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secrets_decrypted: Option<u64>,
+    /// With `--decrypt-secrets`: Secrets that could not be.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secrets_failed: Option<u64>,
+    /// With `--decrypt-secrets`: the details.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secrets: Option<SecretsDrill>,
     /// Why the drill failed.
     pub error: Option<String>,
 }
@@ -100,6 +122,9 @@ pub async fn verify(
         sha256: None,
         plaintext_bytes: None,
         snapshot: None,
+        secrets_decrypted: None,
+        secrets_failed: None,
+        secrets: None,
         error: None,
     };
     let temp_dir = &req.temp_dir;
@@ -136,6 +161,30 @@ pub async fn verify(
         let st = tokio::task::spawn_blocking(move || snapshot::status(&path))
             .await
             .map_err(|e| BackupError::Io(e.to_string()))??;
+        if let Some(n) = req.decrypt_secrets {
+            // The escrow must be there, authenticate and be this backup's.
+            let doc =
+                escrow::read(&report.location, dec.backup_id, &req.kek, &req.settings).await?;
+            let path = temp.path().to_path_buf();
+            let drill = tokio::task::spawn_blocking(move || drill::decrypt_secrets(&path, &doc, n))
+                .await
+                .map_err(|e| BackupError::Io(e.to_string()))??;
+            report.secrets_decrypted = Some(drill.decrypted);
+            report.secrets_failed = Some(drill.failed);
+            let failed = drill.failed;
+            let reasons: Vec<String> = drill
+                .failures
+                .iter()
+                .map(|p| format!("{}: {}", p.key, p.reason))
+                .collect();
+            report.secrets = Some(drill);
+            if failed > 0 {
+                return Err(BackupError::Io(format!(
+                    "{failed} Secret(s) could not be decrypted with the escrowed keys: {}",
+                    reasons.join("; ")
+                )));
+            }
+        }
         drop(temp);
         Ok::<_, BackupError>(st)
     }

@@ -209,6 +209,10 @@ pub struct VerifyArgs {
     /// Directory for the temporary plaintext (default: `TMPDIR`).
     #[arg(long)]
     temp_dir: Option<PathBuf>,
+    /// Also decrypt N of the snapshot's Secrets (all if fewer) with the
+    /// backup's escrowed keys only (no EncryptionConfiguration needed).
+    #[arg(long, value_name = "N")]
+    decrypt_secrets: Option<u64>,
     /// Machine-readable output.
     #[arg(long)]
     json: bool,
@@ -654,6 +658,8 @@ async fn verify_cmd(a: VerifyArgs) -> anyhow::Result<ExitCode> {
         expect_sha256,
         temp_dir: a.temp_dir.clone().unwrap_or_else(std::env::temp_dir),
         progress,
+        decrypt_secrets: a.decrypt_secrets,
+        settings: settings.clone(),
     };
     let result = verify::verify(&request, store.as_ref().map(|s| (s, CLI_ACTOR))).await;
     bar.finish_and_clear();
@@ -669,6 +675,21 @@ async fn verify_cmd(a: VerifyArgs) -> anyhow::Result<ExitCode> {
             st.total_size,
             st.hash
         );
+        if let Some(d) = &report.secrets {
+            println!(
+                "Secrets: {} found, {} decrypted with the escrowed keys ({}), {} in plaintext, {} KMS (not verifiable here), {} failed",
+                d.found,
+                d.decrypted,
+                d.by_key
+                    .iter()
+                    .map(|(k, n)| format!("{n} under {k}"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                d.plaintext,
+                d.not_verifiable,
+                d.failed
+            );
+        }
     }
     match report.error {
         None => Ok(ExitCode::SUCCESS),

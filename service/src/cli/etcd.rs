@@ -12,7 +12,7 @@ use anyhow::Context;
 use chrono::Utc;
 use clap::{Args, Subcommand};
 
-use super::db::DbArgs;
+use super::{db::DbArgs, etcd_flags::DEFAULT_ENDPOINT};
 use crate::{
     error::BadInput,
     etcd::{
@@ -27,9 +27,6 @@ use crate::{
     units::HumanDuration,
 };
 
-/// etcd's default client URL (as etcdctl's).
-const DEFAULT_ENDPOINT: &str = "http://127.0.0.1:2379";
-
 /// `rekey etcd ...`
 #[derive(Debug, Subcommand)]
 pub enum EtcdCommand {
@@ -37,6 +34,9 @@ pub enum EtcdCommand {
     Verify(VerifyArgs),
     /// Write the configurations and commands of a write-key rotation.
     RotateKey(RotateKeyArgs),
+    /// Rewrite every object not stored under the current write key, through
+    /// the Kubernetes API (throttled, resumable, proven by a re-scan).
+    Migrate(super::etcd_migrate::MigrateArgs),
 }
 
 /// `rekey etcd verify`
@@ -90,9 +90,30 @@ pub struct RotateKeyArgs {
     #[arg(long, value_name = "FILE")]
     pub encryption_config: PathBuf,
     /// Directory for the three configurations and PLAN.md (created; must not
-    /// already hold them).
-    #[arg(long, value_name = "DIR")]
-    pub out: PathBuf,
+    /// already hold them). With `--retire`: write the new configuration
+    /// there instead of replacing `--encryption-config`.
+    #[arg(long, value_name = "DIR", required_unless_present = "retire")]
+    pub out: Option<PathBuf>,
+    /// Remove the key with this name, only when no value stored in etcd and
+    /// no retained backup needs it (needs the database and etcd).
+    #[arg(long, value_name = "KEYNAME", conflicts_with_all = ["key_name", "provider"])]
+    pub retire: Option<String>,
+    /// etcd client URLs, comma-separated (with `--retire`). Default:
+    /// `etcd.endpoints` of `--config`, else http://127.0.0.1:2379.
+    #[arg(long, value_name = "URLS", value_delimiter = ',')]
+    pub endpoints: Vec<String>,
+    /// CA certificate that signed etcd's serving certificate (PEM).
+    #[arg(long, value_name = "FILE")]
+    pub cacert: Option<PathBuf>,
+    /// Client certificate for etcd's client-certificate auth (PEM).
+    #[arg(long, value_name = "FILE", requires = "key")]
+    pub cert: Option<PathBuf>,
+    /// Key of the client certificate (PEM).
+    #[arg(long, value_name = "FILE", requires = "cert")]
+    pub key: Option<PathBuf>,
+    /// The database (with `--retire`: which retained backups need the key).
+    #[command(flatten)]
+    pub db: DbArgs,
     /// Resource whose write key is rotated.
     #[arg(long, default_value = "secrets")]
     pub resource: String,
@@ -101,15 +122,30 @@ pub struct RotateKeyArgs {
     pub key_name: Option<String>,
     /// Provider for the new key when the resource is not encrypted yet with
     /// a local key (identity or kms writes): `secretbox`, `aesgcm` or `aescbc`.
-    #[arg(long, default_value = "secretbox")]
-    pub provider: String,
+    #[arg(long)]
+    pub provider: Option<String>,
 }
 
 /// Runs `rekey etcd ...`.
 pub async fn run(cmd: EtcdCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         EtcdCommand::Verify(args) => verify(args).await,
-        EtcdCommand::RotateKey(args) => rotate_key(args),
+        EtcdCommand::RotateKey(args) => match &args.retire {
+            Some(name) => {
+                super::etcd_retire::run(super::etcd_retire::RetireArgs {
+                    name,
+                    encryption_config: &args.encryption_config,
+                    out: args.out.as_ref(),
+                    endpoints: &args.endpoints,
+                    cacert: args.cacert.as_ref(),
+                    cert_key: (args.cert.as_ref(), args.key.as_ref()),
+                    db: &args.db,
+                })
+                .await
+            }
+            None => rotate_key(args),
+        },
+        EtcdCommand::Migrate(args) => super::etcd_migrate::run(args).await,
     }
 }
 
@@ -258,7 +294,7 @@ fn rotate_error(e: RotateKeyError) -> anyhow::Error {
 /// Runs `rekey etcd rotate-key`.
 fn rotate_key(args: RotateKeyArgs) -> anyhow::Result<ExitCode> {
     let config = rotate::load(&args.encryption_config).map_err(rotate_error)?;
-    let provider = match args.provider.as_str() {
+    let provider = match args.provider.as_deref().unwrap_or("secretbox") {
         "secretbox" => ProviderKind::Secretbox,
         "aesgcm" => ProviderKind::Aesgcm,
         "aescbc" => ProviderKind::Aescbc,
@@ -280,9 +316,12 @@ fn rotate_key(args: RotateKeyArgs) -> anyhow::Result<ExitCode> {
         ))
         .into());
     }
+    let Some(out) = args.out else {
+        return Err(BadInput::msg("--out DIR is required").into());
+    };
     let opts = RotateKeyOptions {
         encryption_config: args.encryption_config,
-        out: args.out,
+        out,
         resource: args.resource,
         key_name,
         provider,
@@ -313,7 +352,7 @@ mod tests {
         let argv = std::iter::once("t").chain(line.split_whitespace());
         match T::try_parse_from(argv).unwrap().cmd {
             EtcdCommand::Verify(a) => a,
-            EtcdCommand::RotateKey(_) => unreachable!(),
+            _ => unreachable!(),
         }
     }
 

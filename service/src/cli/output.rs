@@ -61,6 +61,7 @@ pub fn show_progress(json: bool, stderr_is_terminal: bool) -> bool {
 }
 
 const BAR: &str = "{msg} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta}";
+const COUNT: &str = "{msg} [{bar:30}] {pos}/{len} {per_sec} ETA {eta}";
 const SPINNER: &str = "{msg} {spinner} {bytes} {binary_bytes_per_sec}";
 
 /// When the bar learns the stream's length.
@@ -70,6 +71,8 @@ pub enum OnLength {
     Bar,
     /// Stays a spinner (the length is only a hint).
     Spinner,
+    /// A bar of objects (not bytes) with an ETA.
+    Count,
 }
 
 /// A progress bar on stderr (hidden unless [`show_progress`]) labelled
@@ -79,7 +82,14 @@ pub fn progress_bar(json: bool, verb: &str, on_length: OnLength) -> (ProgressBar
         return (ProgressBar::hidden(), Progress::hidden());
     }
     let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
-    set_template(&bar, SPINNER);
+    set_template(
+        &bar,
+        if on_length == OnLength::Count {
+            "{msg} {spinner} {pos}"
+        } else {
+            SPINNER
+        },
+    );
     bar.set_message(verb.to_string());
     let observer = Bar {
         bar: bar.clone(),
@@ -101,8 +111,10 @@ struct Bar {
 
 impl ProgressObserver for Bar {
     fn set_length(&self, total: u64) {
-        if self.on_length == OnLength::Bar {
-            set_template(&self.bar, BAR);
+        match self.on_length {
+            OnLength::Bar => set_template(&self.bar, BAR),
+            OnLength::Count => set_template(&self.bar, COUNT),
+            OnLength::Spinner => {}
         }
         self.bar.set_length(total);
     }

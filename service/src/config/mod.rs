@@ -122,6 +122,10 @@ impl Config {
     pub fn needs_kubernetes(&self) -> bool {
         self.kubernetes.is_some()
             || self.bootstrap_tokens.is_some()
+            || self
+                .etcd
+                .as_ref()
+                .is_some_and(|e| e.migrate_schedule.is_some())
             || !self.tokens.is_empty()
             || self.certificates.iter().any(|c| {
                 matches!(c.sink, sink::SinkSpec::KubernetesSecret { .. }) || !c.reload.is_empty()

@@ -17,12 +17,15 @@
 //! functions; only `scan`, `db`, `job` and `rotate::rotate_key` do I/O.
 //! `[etcd]` is [`settings::EtcdConfig`].
 
+pub mod census;
 pub mod client;
 pub mod db;
 pub mod encryption;
 pub mod job;
+pub mod migrate;
 pub mod policy;
 pub mod report;
+pub mod retire;
 pub mod rotate;
 pub mod scan;
 pub mod settings;

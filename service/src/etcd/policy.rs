@@ -22,6 +22,7 @@
 //! | `plaintext-values` | error | values stored unencrypted |
 //! | `undecryptable-values` | error | values the API server could not read |
 //! | `stale-values` | warning | values not written with the current write key |
+//! | `aesgcm-write-budget` | warning / error | an aesgcm write key has written about 150,000 / 200,000 values |
 //! | `kms-not-verifiable` | info | KMS values (only the plugin can open them) |
 
 use std::collections::HashMap;
@@ -282,6 +283,44 @@ pub fn config_findings(
     out
 }
 
+/// Writes after which an aesgcm key must be rotated (Kubernetes' guidance:
+/// random 96-bit nonces; "must be rotated every 200k writes").
+pub const AESGCM_WRITE_BUDGET: u64 = 200_000;
+
+/// The share of [`AESGCM_WRITE_BUDGET`] at which the finding starts warning.
+pub const AESGCM_WRITE_WARN: u64 = 150_000;
+
+/// How many values an aesgcm write key has written, as far as rekey can tell.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WriteEstimate {
+    /// The write key's label, e.g. `aesgcm:key1`.
+    pub key: String,
+    /// Estimated writes under it.
+    pub writes: u64,
+    /// Where the estimate comes from, for the message.
+    pub basis: String,
+}
+
+/// `aesgcm-write-budget`: an aesgcm write key near or past its budget.
+pub fn write_budget(est: &WriteEstimate) -> Option<Finding> {
+    let severity = if est.writes >= AESGCM_WRITE_BUDGET {
+        Severity::Error
+    } else if est.writes >= AESGCM_WRITE_WARN {
+        Severity::Warning
+    } else {
+        return None;
+    };
+    Some(finding(
+        "aesgcm-write-budget",
+        severity,
+        format!(
+            "aesgcm write key `{}` has written about {} values ({}); aesgcm keys must be rotated before {} writes",
+            est.key, est.writes, est.basis, AESGCM_WRITE_BUDGET
+        ),
+        "rotate now: `rekey etcd rotate-key`, restart the API servers, `rekey etcd migrate`, then `rekey etcd rotate-key --retire` the old key",
+    ))
+}
+
 /// Findings from what the scan saw.
 pub fn scan_findings(scan: &ScanReport, reads_plaintext: bool) -> Vec<Finding> {
     let mut out = Vec::new();
@@ -315,7 +354,7 @@ pub fn scan_findings(scan: &ScanReport, reads_plaintext: bool) -> Vec<Finding> {
             "stale-values",
             Severity::Warning,
             format!("{} values are not written with the current write key", c.stale),
-            "rewrite them: `kubectl get secrets -A -o json | kubectl replace -f -`, then drop the old key",
+            "rewrite them with `rekey etcd migrate`, then drop the old key with `rekey etcd rotate-key --retire NAME`",
         ));
     }
     if scan.not_verifiable > 0 {
@@ -327,6 +366,30 @@ pub fn scan_findings(scan: &ScanReport, reads_plaintext: bool) -> Vec<Finding> {
         ));
     }
     out
+}
+
+#[cfg(test)]
+mod budget_tests {
+    use super::*;
+
+    #[test]
+    fn the_write_budget_warns_then_fails() {
+        let est = |writes| WriteEstimate {
+            key: "aesgcm:k".into(),
+            writes,
+            basis: "test".into(),
+        };
+        assert!(write_budget(&est(149_999)).is_none());
+        let w = write_budget(&est(150_000)).unwrap();
+        assert_eq!(
+            (w.id.as_str(), w.severity),
+            ("aesgcm-write-budget", Severity::Warning)
+        );
+        assert_eq!(
+            write_budget(&est(200_000)).unwrap().severity,
+            Severity::Error
+        );
+    }
 }
 
 #[cfg(test)]

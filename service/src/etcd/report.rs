@@ -150,6 +150,10 @@ pub struct ScanReport {
     pub not_verifiable: u64,
     /// Wall time of the scan.
     pub duration_ms: u64,
+    /// Sum of etcd's `version` (writes since creation) of every value seen:
+    /// the difference between two checks estimates the writes in between.
+    #[serde(default)]
+    pub version_sum: u64,
 }
 
 /// The whole report.

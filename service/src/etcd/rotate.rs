@@ -198,7 +198,7 @@ pub fn plan(
     })
 }
 
-struct NewKey {
+pub(super) struct NewKey {
     provider: ProviderKind,
     name: String,
     secret_b64: zeroize::Zeroizing<String>,
@@ -206,13 +206,13 @@ struct NewKey {
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Step {
+pub(super) enum Step {
     AddSecond,
     MoveFirst,
     RemoveOld,
 }
 
-fn q(s: &str) -> String {
+pub(super) fn q(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
 }
 
@@ -289,7 +289,12 @@ fn render(
     y
 }
 
-fn key_yaml(y: &mut String, name: &str, secret_b64: &str, created: Option<DateTime<Utc>>) {
+pub(super) fn key_yaml(
+    y: &mut String,
+    name: &str,
+    secret_b64: &str,
+    created: Option<DateTime<Utc>>,
+) {
     if let Some(t) = created {
         let _ = writeln!(
             y,
@@ -306,7 +311,7 @@ fn key_yaml(y: &mut String, name: &str, secret_b64: &str, created: Option<DateTi
     );
 }
 
-fn provider_yaml(y: &mut String, p: &Provider, new: Option<(&NewKey, Step)>) {
+pub(super) fn provider_yaml(y: &mut String, p: &Provider, new: Option<(&NewKey, Step)>) {
     match p.kind {
         ProviderKind::Identity => y.push_str("      - identity: {}\n"),
         ProviderKind::Kms => {

@@ -66,6 +66,8 @@ pub struct ScanOptions {
     pub sample: Option<u64>,
     /// Keys listed per category.
     pub max_listed: usize,
+    /// Read at this etcd revision (None: the current one).
+    pub revision: Option<i64>,
 }
 
 /// Chooses exactly `want` of `total` values uniformly as they stream by
@@ -136,11 +138,12 @@ impl Tally {
         }
     }
 
-    /// Counts one value.
-    pub fn observe(&mut self, key: &[u8], v: &Verdict, opened: bool) {
+    /// Counts one value; `version` is etcd's write count of its key.
+    pub fn observe(&mut self, key: &[u8], v: &Verdict, opened: bool, version: i64) {
         let r = &mut self.report;
         let key = String::from_utf8_lossy(key);
         r.total += 1;
+        r.version_sum += u64::try_from(version).unwrap_or(0);
         match v.format.provider() {
             Some(ProviderKind::Identity) => r.by_provider.identity += 1,
             Some(ProviderKind::Aescbc) => r.by_provider.aescbc += 1,
@@ -217,6 +220,31 @@ mod tonic_code {
     pub use tonic::Code::{OutOfRange, ResourceExhausted};
 }
 
+/// One page of at most `limit` values from `start` (inclusive) up to `end`
+/// (exclusive) at the current revision, and whether more follow. For walks
+/// that change what they read (a storage migration), where one pinned
+/// revision would go stale.
+pub async fn page(
+    client: &Client,
+    start: &[u8],
+    end: &[u8],
+    limit: i64,
+) -> Result<(Vec<KeyValue>, bool), etcd_client::Error> {
+    let mut kv = client.kv_client().max_decoding_message_size(MAX_MESSAGE);
+    let mut limit = limit.max(1);
+    loop {
+        let opts = GetOptions::new().with_range(end.to_vec()).with_limit(limit);
+        match kv.get(start.to_vec(), Some(opts)).await {
+            Ok(mut resp) => {
+                let more = resp.more();
+                return Ok((resp.take_kvs(), more));
+            }
+            Err(e) if too_large(&e) && limit > 1 => limit = (limit / 2).max(1),
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// Scans every value under `opts.prefix`, judging each with `ring`.
 pub async fn scan(
     client: &Client,
@@ -232,14 +260,17 @@ pub async fn scan(
     };
     let mut kv = client.kv_client().max_decoding_message_size(MAX_MESSAGE);
     // Count first: pins the revision and sizes the sample.
+    let mut count_opts = GetOptions::new().with_range(end.clone()).with_count_only();
+    if let Some(r) = opts.revision {
+        count_opts = count_opts.with_revision(r);
+    }
     let head = kv
-        .get(
-            prefix.clone(),
-            Some(GetOptions::new().with_range(end.clone()).with_count_only()),
-        )
+        .get(prefix.clone(), Some(count_opts))
         .await
         .map_err(range_err)?;
-    let revision = head.header().map(|h| h.revision()).unwrap_or(0);
+    let revision = opts
+        .revision
+        .unwrap_or_else(|| head.header().map(|h| h.revision()).unwrap_or(0));
     let count = u64::try_from(head.count()).unwrap_or(0);
 
     let (tx, mut rx) = mpsc::channel::<Result<Vec<KeyValue>, etcd_client::Error>>(1);
@@ -288,7 +319,7 @@ pub async fn scan(
                 for kv in &kvs {
                     let open = sampler.take();
                     let verdict = ring.judge(kv.key(), kv.value(), open);
-                    tally.observe(kv.key(), &verdict, open);
+                    tally.observe(kv.key(), &verdict, open, kv.version());
                 }
             }
             Err(e) => {
@@ -359,7 +390,7 @@ mod tests {
             not_verifiable: false,
         };
         for i in 0..5 {
-            t.observe(format!("/p/{i}").as_bytes(), &v, true);
+            t.observe(format!("/p/{i}").as_bytes(), &v, true, 2);
         }
         let r = t.finish();
         assert_eq!(
@@ -368,5 +399,6 @@ mod tests {
         );
         assert_eq!(r.by_provider.identity, 5);
         assert_eq!(r.by_key["identity"], 5);
+        assert_eq!(r.version_sum, 10);
     }
 }

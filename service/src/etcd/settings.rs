@@ -42,6 +42,19 @@ pub struct EtcdConfig {
     /// Decrypt only this many values, chosen at random (default: all).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sample: Option<u64>,
+    /// Cron schedule of the storage migration in `rekey serve` (rewrites
+    /// every value not under the current write key; needs `[kubernetes]`
+    /// access with get and update on the migrated resources).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub migrate_schedule: Option<String>,
+    /// Resources the scheduled migration and `POST /v1/etcd/migrate` rewrite
+    /// (default: every resource the EncryptionConfiguration names).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub migrate_resources: Vec<String>,
+    /// Objects rewritten per second at most by the scheduled migration and
+    /// the API (default 100; 0: no limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub migrate_max_rate: Option<f64>,
 }
 
 impl EtcdConfig {
@@ -77,6 +90,34 @@ impl EtcdConfig {
                     "check_schedule needs encryption_config (the API server's EncryptionConfiguration file)".into(),
                 ));
             }
+        }
+        if let Some(s) = &self.migrate_schedule {
+            crate::schedule::parse_cron(s).map_err(|m| ("migrate_schedule".to_string(), m))?;
+            if self.encryption_config.is_none() {
+                return Err((
+                    "encryption_config".into(),
+                    "migrate_schedule needs encryption_config (the API server's EncryptionConfiguration file)".into(),
+                ));
+            }
+        }
+        for (i, r) in self.migrate_resources.iter().enumerate() {
+            if r.is_empty()
+                || r.contains('*')
+                || r.chars().any(|c| c.is_uppercase() || c.is_whitespace())
+            {
+                return Err((
+                    format!("migrate_resources[{i}]"),
+                    format!("`{r}` is not a resource name (lower case, e.g. `secrets`)"),
+                ));
+            }
+        }
+        if let Some(n) = self.migrate_max_rate
+            && (!n.is_finite() || n < 0.0)
+        {
+            return Err((
+                "migrate_max_rate".into(),
+                format!("{n} is not a rate (0 or more; 0: no limit)"),
+            ));
         }
         if let Some(a) = self.max_key_age
             && a.get().is_zero()

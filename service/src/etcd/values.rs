@@ -211,6 +211,23 @@ impl std::fmt::Debug for Keyring {
     }
 }
 
+/// What opening one value with a keyring found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Opened {
+    /// A Kubernetes object of this kind, opened with this key (`identity`
+    /// for plaintext).
+    Object {
+        /// The object's kind, e.g. `Secret`.
+        kind: String,
+        /// The key that opened it.
+        key: String,
+    },
+    /// Encrypted by a KMS plugin: only the plugin opens it.
+    NotVerifiable(String),
+    /// Could not be opened into an object, and why.
+    Failed(String),
+}
+
 /// Everything decided about one value.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Verdict {
@@ -244,6 +261,64 @@ impl Keyring {
         Self { entries }
     }
 
+    /// Every transformer of every rule, in file order: classifies (and
+    /// opens) values of any resource, to find which keys stored values need.
+    pub fn census(config: &EncryptionConfiguration) -> Self {
+        let mut entries = Vec::new();
+        for rule in &config.rules {
+            for p in &rule.providers {
+                let ts: Vec<Transformer<'_>> = if p.keys.is_empty() {
+                    vec![Transformer {
+                        provider: p,
+                        key: None,
+                    }]
+                } else {
+                    p.keys
+                        .iter()
+                        .map(|k| Transformer {
+                            provider: p,
+                            key: Some(k),
+                        })
+                        .collect()
+                };
+                entries.extend(ts.iter().map(|t| Entry {
+                    label: t.label(),
+                    prefix: t.prefix().into_bytes(),
+                    opener: opener(t),
+                }));
+            }
+        }
+        Self { entries }
+    }
+
+    /// A keyring of bare keys `(provider, name, key bytes)` (escrowed keys,
+    /// no EncryptionConfiguration): opens what they encrypted; plaintext is
+    /// read as with an `identity` provider. Keys of the wrong length for
+    /// their provider are skipped (they can open nothing).
+    pub fn from_keys<'a>(
+        keys: impl IntoIterator<Item = (ProviderKind, &'a str, &'a [u8])>,
+    ) -> Self {
+        let mut entries: Vec<Entry> = keys
+            .into_iter()
+            .filter(|(kind, _, key)| match kind {
+                ProviderKind::Aescbc | ProviderKind::Aesgcm => matches!(key.len(), 16 | 24 | 32),
+                ProviderKind::Secretbox => key.len() == 32,
+                _ => false,
+            })
+            .map(|(kind, name, key)| Entry {
+                label: format!("{kind}:{name}"),
+                prefix: format!("k8s:enc:{kind}:v1:{name}:").into_bytes(),
+                opener: opener_for(kind, Some(key)),
+            })
+            .collect();
+        entries.push(Entry {
+            label: "identity".into(),
+            prefix: Vec::new(),
+            opener: Opener::Identity,
+        });
+        Self { entries }
+    }
+
     /// The write transformer's label (`identity` when nothing covers the resource).
     pub fn write_label(&self) -> String {
         self.entries
@@ -259,6 +334,52 @@ impl Keyring {
                 .entries
                 .iter()
                 .any(|e| matches!(e.opener, Opener::Identity))
+    }
+
+    /// Opens one value stored under `etcd_key` with the ring's keys (any of
+    /// them, in order): the kind of object it holds, and with which key.
+    pub fn open_kind(&self, etcd_key: &[u8], value: &[u8]) -> Opened {
+        let format = classify(value);
+        match &format {
+            Format::Plaintext(_) => {
+                return match kubernetes_kind(value) {
+                    Ok(kind) => Opened::Object {
+                        kind,
+                        key: "identity".into(),
+                    },
+                    Err(m) => Opened::Failed(m),
+                };
+            }
+            Format::Encrypted {
+                provider: ProviderKind::Kms,
+                ..
+            } => return Opened::NotVerifiable(format.label()),
+            Format::Encrypted { .. } => {}
+            _ => return Opened::Failed(format!("unrecognised value ({})", format.label())),
+        }
+        let mut errors = Vec::new();
+        for e in self
+            .entries
+            .iter()
+            .filter(|e| !e.prefix.is_empty() && value.starts_with(&e.prefix))
+        {
+            match open_with(&e.opener, etcd_key, &value[e.prefix.len()..]) {
+                Ok(plain) => match kubernetes_kind(&plain) {
+                    Ok(kind) => {
+                        return Opened::Object {
+                            kind,
+                            key: e.label.clone(),
+                        };
+                    }
+                    Err(m) => errors.push(format!("{}: decrypts, but {m}", e.label)),
+                },
+                Err(err) => errors.push(format!("{}: {err}", e.label)),
+            }
+        }
+        if errors.is_empty() {
+            return Opened::Failed(format!("no key for `{}`", format.label()));
+        }
+        Opened::Failed(errors.join("; "))
     }
 
     /// Decides about one value stored under `etcd_key`; opens it only when
@@ -352,8 +473,11 @@ impl Keyring {
 }
 
 fn opener(t: &Transformer<'_>) -> Opener {
-    let key = t.key.map(|k| k.secret.expose_secret());
-    match (t.provider.kind, key) {
+    opener_for(t.provider.kind, t.key.map(|k| k.secret.expose_secret()))
+}
+
+fn opener_for(kind: ProviderKind, key: Option<&[u8]>) -> Opener {
+    match (kind, key) {
         (ProviderKind::Identity, _) => Opener::Identity,
         (ProviderKind::Kms, _) => Opener::Kms,
         (ProviderKind::Aescbc, Some(k)) => Opener::Aescbc(Zeroizing::new(k.to_vec())),

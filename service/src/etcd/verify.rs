@@ -215,8 +215,19 @@ pub async fn verify(opts: &VerifyOptions, history: Option<&Store>) -> Result<Rep
         resource: resource.clone(),
         sample: opts.sample,
         max_listed: opts.max_listed,
+        revision: None,
     };
     let scan = scan::scan(&client, &ring, &scan_opts).await?;
+    let budget = match (write_key, transformers.first()) {
+        (Some(k), Some(t)) if t.provider.kind == encryption::ProviderKind::Aesgcm => {
+            let first = match history {
+                Some(store) => db::first_version_sum(store, &k.fingerprint(), &opts.prefix).await?,
+                None => None,
+            };
+            Some(write_estimate(&write_label, &scan, first))
+        }
+        _ => None,
+    };
 
     let now = Utc::now();
     let mut findings = policy::config_findings(
@@ -227,6 +238,7 @@ pub async fn verify(opts: &VerifyOptions, history: Option<&Store>) -> Result<Rep
         now,
     );
     findings.extend(policy::scan_findings(&scan, ring.reads_plaintext()));
+    findings.extend(budget.as_ref().and_then(policy::write_budget));
     let config_report = ConfigReport {
         path,
         sha256: Some(sha256),
@@ -249,6 +261,44 @@ pub async fn verify(opts: &VerifyOptions, history: Option<&Store>) -> Result<Rep
         checked_at: now,
         exit_code,
     })
+}
+
+/// How many values an aesgcm write key has written: the growth of the
+/// scanned values' write counts (etcd `version`) since the first recorded
+/// check that saw it writing, and never fewer than the values stored under
+/// it now (each was written with it at least once).
+pub fn write_estimate(
+    write_label: &str,
+    scan: &crate::etcd::report::ScanReport,
+    first: Option<(chrono::DateTime<Utc>, i64)>,
+) -> policy::WriteEstimate {
+    let under = scan.by_key.get(write_label).copied().unwrap_or(0);
+    let (writes, basis) = match first {
+        Some((at, v0)) => {
+            let grown = scan
+                .version_sum
+                .saturating_sub(u64::try_from(v0).unwrap_or(0));
+            (
+                grown.max(under),
+                format!(
+                    "writes under {} since {}, when a recorded check first saw it writing",
+                    scan.prefix,
+                    at.format("%Y-%m-%d %H:%M UTC")
+                ),
+            )
+        }
+        None => (
+            under,
+            format!(
+                "{under} values are stored under it; no earlier recorded check shows when it began writing"
+            ),
+        ),
+    };
+    policy::WriteEstimate {
+        key: write_label.into(),
+        writes,
+        basis,
+    }
 }
 
 /// Runs a verification and, with a store, records it in `etcd_checks`
@@ -290,6 +340,26 @@ pub async fn verify_and_record_audited(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn write_estimates_use_history_and_never_undercount_stored_values() {
+        let mut scan = crate::etcd::report::ScanReport {
+            prefix: "/registry/secrets/".into(),
+            version_sum: 250_000,
+            ..Default::default()
+        };
+        scan.by_key.insert("aesgcm:k".into(), 1000);
+        let at = "2026-01-01T00:00:00Z".parse().unwrap();
+        assert_eq!(
+            write_estimate("aesgcm:k", &scan, Some((at, 40_000))).writes,
+            210_000
+        );
+        assert_eq!(
+            write_estimate("aesgcm:k", &scan, Some((at, 249_900))).writes,
+            1000
+        );
+        assert_eq!(write_estimate("aesgcm:k", &scan, None).writes, 1000);
+    }
 
     #[test]
     fn requests_override_config() {

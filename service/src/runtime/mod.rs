@@ -262,6 +262,39 @@ fn spawn_led_jobs(
             ("scheduled etcd check", Ok(()))
         });
     }
+    if let (Some(k), Some(etcd)) = (
+        kube,
+        config.etcd.clone().filter(|e| e.migrate_schedule.is_some()),
+    ) {
+        let (store, kube, replica, shutdown) = (
+            store.clone(),
+            k.client.clone(),
+            replica.to_string(),
+            shutdown.clone(),
+        );
+        tasks.spawn(async move {
+            let actor = format!("rekey/{replica}");
+            // Not the migration's own lock (`etcd-migrate`), which every run
+            // takes: this one only elects who runs the schedule.
+            leader::lead(
+                store.clone(),
+                "etcd-migrate-schedule",
+                replica,
+                shutdown,
+                |led, _epoch| {
+                    let (store, etcd, kube, actor) =
+                        (store.clone(), etcd.clone(), kube.clone(), actor.clone());
+                    async move {
+                        crate::etcd::migrate::job::run_scheduled(store, etcd, kube, actor, led)
+                            .await
+                            .map_err(|e| anyhow::Error::new(BadInput::new(e)))
+                    }
+                },
+            )
+            .await;
+            ("scheduled etcd storage migration", Ok(()))
+        });
+    }
     if let (Some(backup), Some(etcd)) = (
         config.backup.clone().filter(|b| b.schedule.is_some()),
         config.etcd.clone(),

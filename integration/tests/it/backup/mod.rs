@@ -4,6 +4,7 @@ mod azure;
 mod deploy;
 mod format;
 mod gcs;
+mod keys;
 mod prune;
 mod rewrap;
 mod run;

@@ -8,4 +8,5 @@ mod reload;
 mod serve;
 mod sink;
 mod standin;
+mod storage;
 mod tokens;
