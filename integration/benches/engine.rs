@@ -23,6 +23,7 @@ use rekey_integration::pg::fresh_db;
 fn spec(name: &str, dir: &std::path::Path) -> CertificateSpec {
     CertificateSpec {
         name: name.into(),
+        issuer: None,
         common_name: None,
         organizations: vec![],
         dns_names: vec![format!("{}.bench.svc", name.replace('/', "-"))],

@@ -31,6 +31,7 @@ async fn fixture() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let spec = CertificateSpec {
         name: "cert/t/web".into(),
+        issuer: None,
         common_name: None,
         organizations: vec![],
         dns_names: vec!["web.t.svc".into()],
