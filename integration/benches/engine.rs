@@ -158,7 +158,7 @@ async fn bench_rotate(n: usize) {
             batch_size: 128,
             ..EngineConfig::default()
         },
-        ca: Some(ca),
+        issuers: std::sync::Arc::new(rekey::issue::Issuers::default_ca(ca)),
         sinks: SinkContext::default(),
         tokens: None,
         reload: None,

@@ -333,6 +333,24 @@ impl Issuers {
         Self::default()
     }
 
+    /// One issuer, `default`, signing with `ca` held in memory only (no
+    /// store: tests, benchmarks, tools).
+    pub fn default_ca(ca: Arc<CertAuthority>) -> Self {
+        let config = IssuerConfig {
+            name: Some(super::spec::DEFAULT_ISSUER.into()),
+            ..Default::default()
+        };
+        let bundle = Arc::new(TrustBundle::of_ca(&ca));
+        Self::new([Issuer::with(
+            &config,
+            None,
+            IssuerState {
+                signer: Signer::Ca(ca),
+                bundle,
+            },
+        )])
+    }
+
     /// The issuer named `name`.
     pub fn get(&self, name: &str) -> Result<&Arc<Issuer>, UnknownIssuer> {
         self.by_name

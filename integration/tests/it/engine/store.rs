@@ -76,7 +76,7 @@ fn engine(f: &Fixture, replica: &str) -> Arc<Engine> {
         store: f.db.store.clone(),
         replica: replica.into(),
         config: EngineConfig::default(),
-        ca: Some(f.ca.clone()),
+        issuers: Arc::new(rekey::issue::Issuers::default_ca(f.ca.clone())),
         sinks: Default::default(),
         tokens: None,
         reload: None,
