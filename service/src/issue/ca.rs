@@ -255,7 +255,7 @@ impl CertAuthority {
         params.key_identifier_method =
             KeyIdMethod::PreSpecified(key_identifier(key_pair.der_bytes()));
         let cert = params.self_signed(&key_pair).map_err(rc)?;
-        let key_pem = SecretString::from(key_pair.serialize_pem());
+        let key_pem = super::x509::key_pem(&key_pair);
         let cert_pem = cert.pem();
         let cert_der = cert.der().to_vec();
         let issuer = rcgen::Issuer::new(params, key_pair);
@@ -405,7 +405,7 @@ impl CertAuthority {
         Ok(IssuedCert {
             fingerprint: fingerprint(cert.der()),
             cert_pem: cert.pem(),
-            key_pem: SecretString::from(key_pair.serialize_pem()),
+            key_pem: super::x509::key_pem(&key_pair),
             ca_pem: self.cert_pem.clone(),
             serial: serial_hex,
             not_before,

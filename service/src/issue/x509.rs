@@ -18,6 +18,40 @@ pub fn key_identifier(raw_public_key: &[u8]) -> Vec<u8> {
     Sha256::digest(raw_public_key)[..20].to_vec()
 }
 
+/// The start of an Ed25519 key in PKCS#8 v2 (RFC 5958, with the public
+/// key), as ring and aws-lc write it, up to the 32-byte seed.
+const ED25519_PKCS8_V2: [u8; 16] = [
+    0x30, 0x51, 0x02, 0x01, 0x01, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20,
+];
+/// The same in PKCS#8 v1 (RFC 8410 section 7: version 0, no public key).
+const ED25519_PKCS8_V1: [u8; 16] = [
+    0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20,
+];
+
+/// The PKCS#8 PEM of a key pair in the form every consumer reads. Ed25519
+/// keys are written in the v1 form of RFC 8410: OpenSSL 3.0 (Debian 12's,
+/// and so nginx, HAProxy and `openssl` there) refuses the v2 form with the
+/// public key that rcgen's backends write, while Go, rustls and OpenSSL
+/// 3.2+ read both. Other key types are written as rcgen writes them.
+pub fn key_pem(key: &rcgen::KeyPair) -> secrecy::SecretString {
+    use base64::Engine;
+    let der = zeroize::Zeroizing::new(key.serialize_der());
+    if der.len() == 83 && der[..16] == ED25519_PKCS8_V2 {
+        let mut v1 = zeroize::Zeroizing::new(Vec::with_capacity(48));
+        v1.extend_from_slice(&ED25519_PKCS8_V1);
+        v1.extend_from_slice(&der[16..48]);
+        let b64 = zeroize::Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(&*v1));
+        let mut pem = String::from("-----BEGIN PRIVATE KEY-----\n");
+        for line in b64.as_bytes().chunks(64) {
+            pem.push_str(std::str::from_utf8(line).unwrap_or_default());
+            pem.push('\n');
+        }
+        pem.push_str("-----END PRIVATE KEY-----\n");
+        return secrecy::SecretString::from(pem);
+    }
+    secrecy::SecretString::from(key.serialize_pem())
+}
+
 /// sha256 of DER, lower-case hex: the fingerprint rekey records and shows.
 pub fn fingerprint(der: &[u8]) -> String {
     hex::encode(Sha256::digest(der))
@@ -100,6 +134,29 @@ pub fn subject_key_identifier(x: &X509Certificate<'_>) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ed25519_keys_are_written_in_the_rfc_8410_form_and_read_back() {
+        use base64::Engine;
+        use secrecy::ExposeSecret;
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+        let pem = key_pem(&key);
+        let body: String = pem
+            .expose_secret()
+            .lines()
+            .filter(|l| !l.starts_with("-----"))
+            .collect();
+        let der = base64::engine::general_purpose::STANDARD
+            .decode(body)
+            .unwrap();
+        assert_eq!(der.len(), 48);
+        assert_eq!(der[..16], ED25519_PKCS8_V1);
+        let back = rcgen::KeyPair::from_pem(pem.expose_secret()).unwrap();
+        assert_eq!(back.public_key_raw(), key.public_key_raw());
+        // Other key types as rcgen writes them.
+        let ec = rcgen::KeyPair::generate().unwrap();
+        assert_eq!(key_pem(&ec).expose_secret(), &ec.serialize_pem());
+    }
 
     #[test]
     fn pem_round_trip() {

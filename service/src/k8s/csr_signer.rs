@@ -159,7 +159,7 @@ impl KubeCsrSigner {
         )
         .await
         .map_err(|e| CsrError::Kubernetes(e.to_string()))?;
-        let key = SecretString::from(key.serialize_pem());
+        let key = crate::issue::x509::key_pem(&key);
         self.pending.lock().expect("pending requests").insert(
             spec.name.clone(),
             Pending {
