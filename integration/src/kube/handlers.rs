@@ -610,11 +610,10 @@ fn csr_subresource(
             if granted.is_empty() {
                 return Err(super::signer::approval_forbidden(name, &signer));
             }
-            s.used.lock().expect("used").extend(
-                granted
-                    .into_iter()
-                    .filter(|p| !p.role_kind.is_empty()),
-            );
+            s.used
+                .lock()
+                .expect("used")
+                .extend(granted.into_iter().filter(|p| !p.role_kind.is_empty()));
         }
         new["status"]["conditions"] = json!(conds);
     } else {

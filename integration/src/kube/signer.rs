@@ -50,7 +50,12 @@ fn condition(csr: &Value, type_: &str) -> bool {
         .any(|c| c["type"] == type_ && c["status"] == "True")
 }
 
-fn key_usages(usages: &[String]) -> (Vec<rcgen::KeyUsagePurpose>, Vec<rcgen::ExtendedKeyUsagePurpose>) {
+fn key_usages(
+    usages: &[String],
+) -> (
+    Vec<rcgen::KeyUsagePurpose>,
+    Vec<rcgen::ExtendedKeyUsagePurpose>,
+) {
     use rcgen::{ExtendedKeyUsagePurpose as E, KeyUsagePurpose as K};
     let (mut ku, mut eku) = (Vec::new(), Vec::new());
     for u in usages {
@@ -82,14 +87,24 @@ fn signer_rules(
     subject: &Subject,
 ) -> Option<String> {
     let has = |u: &str| usages.iter().any(|x| x == u);
-    let only = |allowed: &[&str]| usages.iter().find(|u| !allowed.contains(&u.as_str())).cloned();
+    let only = |allowed: &[&str]| {
+        usages
+            .iter()
+            .find(|u| !allowed.contains(&u.as_str()))
+            .cloned()
+    };
     let node_subject = || {
         let cn = subject.cn.clone().unwrap_or_default();
         if !cn.starts_with("system:node:") {
-            return Some(format!("subject common name must begin with \"system:node:\", got {cn:?}"));
+            return Some(format!(
+                "subject common name must begin with \"system:node:\", got {cn:?}"
+            ));
         }
         if subject.o != ["system:nodes"] {
-            return Some(format!("subject organization must be \"system:nodes\", got {:?}", subject.o));
+            return Some(format!(
+                "subject organization must be \"system:nodes\", got {:?}",
+                subject.o
+            ));
         }
         None
     };
@@ -103,7 +118,9 @@ fn signer_rules(
             }
             if signer.ends_with("-kubelet") {
                 if !params.params.subject_alt_names.is_empty() {
-                    return Some("subjectAltNames are not allowed for kubelet client certificates".into());
+                    return Some(
+                        "subjectAltNames are not allowed for kubelet client certificates".into(),
+                    );
                 }
                 return node_subject();
             }
@@ -111,10 +128,14 @@ fn signer_rules(
         }
         "kubernetes.io/kubelet-serving" => {
             if let Some(u) = only(&["digital signature", "key encipherment", "server auth"]) {
-                return Some(format!("invalid usage for kubelet serving certificate: {u}"));
+                return Some(format!(
+                    "invalid usage for kubelet serving certificate: {u}"
+                ));
             }
             if !has("server auth") {
-                return Some("missing required usage for kubelet serving certificate: server auth".into());
+                return Some(
+                    "missing required usage for kubelet serving certificate: server auth".into(),
+                );
             }
             node_subject()
         }
@@ -217,7 +238,10 @@ fn answer(world: &mut World, ca: &SigningCa, signers: &[String], csr: &Value) ->
     match sign(ca, csr) {
         Ok(pem) => new["status"]["certificate"] = json!(STANDARD.encode(pem)),
         Err(why) => {
-            let mut conds = new["status"]["conditions"].as_array().cloned().unwrap_or_default();
+            let mut conds = new["status"]["conditions"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
             conds.push(json!({
                 "type": "Failed", "status": "True", "reason": "SignerValidationFailure",
                 "message": why, "lastUpdateTime": timestamp(),

@@ -177,7 +177,10 @@ pub fn validate(
                 .filter_map(|u| u.as_str())
                 .collect();
             if usages.is_empty() {
-                causes.push(("spec.usages".into(), "Required value: usages must be provided".into()));
+                causes.push((
+                    "spec.usages".into(),
+                    "Required value: usages must be provided".into(),
+                ));
             }
             for (i, u) in usages.iter().enumerate() {
                 if !super::signer::KNOWN_USAGES.contains(u) {
@@ -186,7 +189,10 @@ pub fn validate(
                         format!("Unsupported value: \"{u}\""),
                     ));
                 } else if usages[..i].contains(u) {
-                    causes.push((format!("spec.usages[{i}]"), format!("Duplicate value: \"{u}\"")));
+                    causes.push((
+                        format!("spec.usages[{i}]"),
+                        format!("Duplicate value: \"{u}\""),
+                    ));
                 }
             }
             if let Some(exp) = v["spec"]["expirationSeconds"].as_i64()

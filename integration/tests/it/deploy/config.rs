@@ -297,7 +297,12 @@ fn services_probes_policies_and_mounts_fit_the_config() {
             vec![config.database.url_file.as_deref().expect("url_file")];
         let issuers = config.issuers();
         for i in &issuers {
-            server_files.extend([&i.ca_cert, &i.ca_key].into_iter().flatten().map(PathBuf::as_path));
+            server_files.extend(
+                [&i.ca_cert, &i.ca_key]
+                    .into_iter()
+                    .flatten()
+                    .map(PathBuf::as_path),
+            );
         }
         server_files.extend(
             [&api.tls_cert, &api.tls_key, &api.client_ca]
