@@ -31,7 +31,6 @@ pub fn tracked(issuers: &Issuers) -> Vec<Tracked> {
                     "fingerprint": ca.fingerprint(),
                     "key": ca.key_type().map(|k| k.as_str()),
                     "source": i.store().map(|s| s.describe()),
-                    "rotate_before": i.config().rotate_before.map(|d| d.to_string()),
                     "bundle": i.bundle().fingerprints(),
                 }),
                 not_before: Some(ca.not_before()),

@@ -250,7 +250,7 @@ impl Issuer {
         self.kind
     }
 
-    /// Its configuration (`rotate_before`, `key`, `validity`, ...).
+    /// Its configuration.
     pub fn config(&self) -> &IssuerConfig {
         &self.config
     }

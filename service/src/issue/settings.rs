@@ -10,11 +10,8 @@ use std::{collections::HashSet, fmt, path::PathBuf};
 
 use serde::{Deserialize, Deserializer, Serialize};
 
-use super::{
-    policy::IssuerPolicy,
-    spec::{DEFAULT_ISSUER, KeyType},
-};
-use crate::{sink::spec::validate_k8s_name, units::HumanDuration};
+use super::{policy::IssuerPolicy, spec::DEFAULT_ISSUER};
+use crate::sink::spec::validate_k8s_name;
 
 /// `kind` of an issuer.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize, Serialize)]
@@ -75,14 +72,6 @@ pub struct IssuerConfig {
     pub ca_key: Option<PathBuf>,
     /// `ca`: a Secret holding `tls.crt` and `tls.key`, instead of files.
     pub secret: Option<SecretRef>,
-    /// `ca`: start a CA rotation this long before the CA expires.
-    pub rotate_before: Option<HumanDuration>,
-    /// `ca`: key type of the CAs rekey generates in a rotation (default:
-    /// the current CA's).
-    pub key: Option<KeyType>,
-    /// `ca`: validity of the CAs rekey generates in a rotation (default:
-    /// the current CA's lifetime).
-    pub validity: Option<HumanDuration>,
     /// `kubernetes-csr`: the `signerName` of every request.
     pub signer_name: Option<String>,
     /// `kubernetes-csr`: PEM file of the CA certificates that consumers
@@ -185,14 +174,6 @@ impl IssuerConfig {
                         );
                     }
                 }
-                for (field, d) in [
-                    ("rotate_before", self.rotate_before),
-                    ("validity", self.validity),
-                ] {
-                    if d.is_some_and(|d| d.get().is_zero()) {
-                        return f(field, "must be more than zero".into());
-                    }
-                }
             }
             IssuerKind::KubernetesCsr => {
                 match self.signer_name.as_deref() {
@@ -211,9 +192,6 @@ impl IssuerConfig {
                     ("ca_cert", self.ca_cert.is_some()),
                     ("ca_key", self.ca_key.is_some()),
                     ("secret", self.secret.is_some()),
-                    ("rotate_before", self.rotate_before.is_some()),
-                    ("key", self.key.is_some()),
-                    ("validity", self.validity.is_some()),
                 ] {
                     if set {
                         return f(
@@ -414,16 +392,8 @@ mod tests {
                 "issuer.ca_key",
             ),
             (
-                "[issuer]\nkind = \"kubernetes-csr\"\nsigner_name = \"example.com/x\"\nrotate_before = \"30d\"\n",
-                "issuer.rotate_before",
-            ),
-            (
                 "[issuer]\nca_cert = \"a\"\nca_key = \"b\"\nsigner_name = \"example.com/x\"\n",
                 "issuer.signer_name",
-            ),
-            (
-                "[issuer]\nca_cert = \"a\"\nca_key = \"b\"\nrotate_before = \"0s\"\n",
-                "issuer.rotate_before",
             ),
             (
                 "[issuer]\nca_cert = \"a\"\nca_key = \"b\"\nallowed_namespaces = [\"Shop\"]\n",
@@ -440,7 +410,7 @@ mod tests {
         }
         let e = parse("[issuer]\nkind = \"vault\"\n").unwrap_err();
         assert!(e.starts_with("issuer.kind"), "{e}");
-        let e = parse("[issuer]\nrotate_before = \"soon\"\n").unwrap_err();
+        let e = parse("[issuer]\nrotate_before = \"30d\"\n").unwrap_err();
         assert!(e.starts_with("issuer.rotate_before"), "{e}");
     }
 }

@@ -56,19 +56,6 @@ async fn load_ca_issuer(
         None => return Err(IssuerError::new(name, "ca_cert", "missing")),
     };
     let ca = load_ca(name, store.as_ref(), now).await?;
-    let lifetime = ca.not_after() - ca.not_before();
-    if let Some(before) = c.rotate_before
-        && before.chrono() >= lifetime
-    {
-        return Err(IssuerError::new(
-            name,
-            "rotate_before",
-            format!(
-                "{before} is not shorter than the CA's whole lifetime ({}): a rotation would start at once, every time",
-                humantime::format_duration(lifetime.to_std().unwrap_or_default())
-            ),
-        ));
-    }
     tracing::info!(
         issuer = name, source = %store.describe(), subject = ca.subject(),
         fingerprint = ca.fingerprint(), not_after = %ca.not_after().to_rfc3339(),
