@@ -5,3 +5,4 @@
 mod config;
 mod consumers;
 mod csr;
+mod secret;
