@@ -5,4 +5,5 @@
 mod config;
 mod consumers;
 mod csr;
+mod hygiene;
 mod secret;
