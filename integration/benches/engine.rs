@@ -23,6 +23,7 @@ use rekey_integration::pg::fresh_db;
 fn spec(name: &str, dir: &std::path::Path) -> CertificateSpec {
     CertificateSpec {
         name: name.into(),
+        issuer: None,
         common_name: None,
         organizations: vec![],
         dns_names: vec![format!("{}.bench.svc", name.replace('/', "-"))],
@@ -157,7 +158,7 @@ async fn bench_rotate(n: usize) {
             batch_size: 128,
             ..EngineConfig::default()
         },
-        ca: Some(ca),
+        issuers: std::sync::Arc::new(rekey::issue::Issuers::default_ca(ca)),
         sinks: SinkContext::default(),
         tokens: None,
         reload: None,

@@ -177,6 +177,7 @@ impl Drop for Etcd {
 fn leaf(name: &str, cn: &str, usage: Usage) -> CertificateSpec {
     CertificateSpec {
         name: name.into(),
+        issuer: None,
         common_name: Some(cn.into()),
         organizations: vec![],
         dns_names: vec!["localhost".into()],

@@ -17,6 +17,7 @@ pub mod k8s_values;
 pub mod kube;
 pub mod metrics;
 pub mod pg;
+pub mod pki;
 pub mod s3;
 pub mod serve;
 pub mod wait;

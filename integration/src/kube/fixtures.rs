@@ -19,6 +19,7 @@ use super::KubeStandIn;
 pub fn tls_material(ca: &CertAuthority, dns: &str) -> (Material, chrono::DateTime<Utc>) {
     let spec = CertificateSpec {
         name: format!("cert/{dns}"),
+        issuer: None,
         common_name: None,
         organizations: vec![],
         dns_names: vec![dns.into()],

@@ -329,6 +329,7 @@ async fn dispatch(
         let review = parse_body(body)?;
         return Ok(match rt.kind {
             "TokenReview" => respond(201, &s.token_review(review)),
+            "SelfSubjectAccessReview" => respond(201, &s.self_subject_access_review(review, user)),
             _ => respond(201, &s.subject_access_review(review)),
         });
     }
@@ -341,7 +342,7 @@ async fn dispatch(
         (_, Some(_), Some(sub))
             if rt.kind == "CertificateSigningRequest" && matches!(sub, "approval" | "status") =>
         {
-            csr_subresource(s, method, t, sub, body)
+            csr_subresource(s, method, t, sub, body, user)
         }
         (_, Some(_), Some(sub)) => Err(ApiError::new(
             404,
@@ -535,6 +536,7 @@ fn csr_subresource(
     t: &Target,
     sub: &str,
     body: &Bytes,
+    user: &UserInfo,
 ) -> Result<Response, ApiError> {
     let rt = &t.rt;
     let name = t.name.as_deref().unwrap_or("");
@@ -572,6 +574,50 @@ fn csr_subresource(
         .cloned()
         .unwrap_or_default();
     if sub == "approval" {
+        // The CertificateApproval admission plugin: setting Approved or
+        // Denied needs `approve` on the signer (by name or `<domain>/*`).
+        let decides = types.iter().any(|t| matches!(*t, "Approved" | "Denied"));
+        let signer = old["spec"]["signerName"].as_str().unwrap_or("").to_string();
+        if decides {
+            let mut names = vec![signer.clone()];
+            if let Some((domain, _)) = signer.split_once('/') {
+                names.push(format!("{domain}/*"));
+            }
+            let granted: Vec<rbac::Permission> = names
+                .into_iter()
+                .flat_map(|n| {
+                    let a = Attributes {
+                        verb: "approve".into(),
+                        group: "certificates.k8s.io".into(),
+                        resource: "signers".into(),
+                        name: n,
+                        ..Default::default()
+                    };
+                    let (ok, perms) = rbac::authorize(&w, user, &a);
+                    // system:masters is allowed without a permission.
+                    if ok && perms.is_empty() {
+                        vec![rbac::Permission {
+                            role_kind: String::new(),
+                            role_namespace: String::new(),
+                            role: "system:masters".into(),
+                            rule: 0,
+                            group: String::new(),
+                            resource: String::new(),
+                            verb: String::new(),
+                        }]
+                    } else {
+                        perms
+                    }
+                })
+                .collect();
+            if granted.is_empty() {
+                return Err(super::signer::approval_forbidden(name, &signer));
+            }
+            s.used
+                .lock()
+                .expect("used")
+                .extend(granted.into_iter().filter(|p| !p.role_kind.is_empty()));
+        }
         new["status"]["conditions"] = json!(conds);
     } else {
         // status: the certificate and non-approval conditions; approval conditions stay.
@@ -1003,6 +1049,16 @@ impl Shared {
                     .collect()
             })
             .unwrap_or_default();
+        self.access_review(review, &user, "SubjectAccessReview")
+    }
+
+    /// SelfSubjectAccessReview: the same question for the caller itself.
+    pub(crate) fn self_subject_access_review(&self, review: Value, user: &UserInfo) -> Value {
+        self.access_review(review, user, "SelfSubjectAccessReview")
+    }
+
+    fn access_review(&self, review: Value, user: &UserInfo, kind: &str) -> Value {
+        let spec = &review["spec"];
         let ra = &spec["resourceAttributes"];
         let nra = &spec["nonResourceAttributes"];
         let attrs = if nra.is_object() {
@@ -1024,7 +1080,7 @@ impl Shared {
         };
         let (allowed, perms) = {
             let w = self.world.lock().expect("world");
-            rbac::authorize(&w, &user, &attrs)
+            rbac::authorize(&w, user, &attrs)
         };
         let reason = perms
             .first()
@@ -1032,7 +1088,7 @@ impl Shared {
             .unwrap_or_default();
         let mut out = review.clone();
         out["status"] = json!({"allowed": allowed, "reason": reason});
-        out["kind"] = json!("SubjectAccessReview");
+        out["kind"] = json!(kind);
         out["apiVersion"] = json!("authorization.k8s.io/v1");
         out
     }

@@ -3,9 +3,10 @@
 //! No kube-apiserver can be installed on these machines, so this is an HTTPS
 //! server (its own CA, loopback only) faithful to the API for everything
 //! rekey uses: Secrets, ServiceAccounts (+ `token`), Nodes,
-//! CertificateSigningRequests (+ `approval`, `status`), Deployments,
-//! StatefulSets, DaemonSets, Leases, RBAC objects, TokenReview and
-//! SubjectAccessReview. Clients reach it through ordinary kubeconfig files
+//! CertificateSigningRequests (+ `approval` with its `approve`-on-signers
+//! admission check, `status`, and a signer for configured signer names:
+//! [`signer`]), Deployments, StatefulSets, DaemonSets, Leases, RBAC
+//! objects, TokenReview, SubjectAccessReview and SelfSubjectAccessReview. Clients reach it through ordinary kubeconfig files
 //! (one bearer token per identity) written by [`KubeStandIn::kubeconfig`].
 //!
 //! ```text
@@ -32,6 +33,7 @@ mod handlers;
 pub mod rbac;
 mod requests;
 pub mod selector;
+pub mod signer;
 pub mod storage;
 pub mod store;
 mod validate;
@@ -109,6 +111,12 @@ pub(crate) struct Shared {
     pub bookmark_interval: Duration,
     pub admin_user: String,
     pub storage: std::sync::OnceLock<Arc<storage::EtcdStorage>>,
+    /// The CA the CSR signer signs with (the serving CA).
+    pub signing_ca: signer::SigningCa,
+    /// Signer names the stand-in's controller-manager signs for.
+    pub signers: Mutex<Vec<String>>,
+    /// Bumped when `signers` changes (the signer looks at pending requests).
+    pub signers_changed: tokio::sync::watch::Sender<u64>,
 }
 
 impl Shared {
@@ -158,8 +166,24 @@ impl Shared {
 }
 
 /// Built-in RBAC of a kubeadm cluster that rekey does not ship: nodes
-/// bootstrapping with a token may create and read CSRs.
+/// bootstrapping with a token may create and read CSRs; every
+/// authenticated user may ask what it may do (`system:basic-user`).
 const BUILTIN_RBAC: &str = r#"
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {name: "system:basic-user"}
+rules:
+- apiGroups: [authorization.k8s.io]
+  resources: [selfsubjectaccessreviews, selfsubjectrulesreviews]
+  verbs: [create]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: "system:basic-user"}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: "system:basic-user"}
+subjects:
+- {apiGroup: rbac.authorization.k8s.io, kind: Group, name: "system:authenticated"}
+---
 apiVersion: rbac.authorization.k8s.io/v1
 kind: ClusterRole
 metadata: {name: "system:node-bootstrapper"}
@@ -192,6 +216,9 @@ pub struct Options {
     /// Keep Secrets and ConfigMaps in this etcd, encrypted as the API server
     /// would (default: in memory, like everything else).
     pub storage: Option<storage::StorageOptions>,
+    /// Signer names whose approved CSRs the stand-in signs (more with
+    /// [`KubeStandIn::add_signer`]).
+    pub signers: Vec<String>,
 }
 
 impl Default for Options {
@@ -201,6 +228,7 @@ impl Default for Options {
             bookmark_interval: Duration::from_secs(1),
             workers: 2,
             storage: None,
+            signers: Vec::new(),
         }
     }
 }
@@ -212,8 +240,6 @@ pub struct KubeStandIn {
     shared: Arc<Shared>,
     dir: tempfile::TempDir,
     ca_pem: String,
-    ca_key: rcgen::KeyPair,
-    ca_params: rcgen::CertificateParams,
     shutdown: CancellationToken,
     thread: Option<std::thread::JoinHandle<()>>,
     rekey_token: String,
@@ -259,6 +285,10 @@ impl KubeStandIn {
             rcgen::KeyUsagePurpose::CrlSign,
             rcgen::KeyUsagePurpose::DigitalSignature,
         ];
+        // kubeadm's CA has a subjectKeyIdentifier: the signed leaves' AKI points at it.
+        ca_params.key_identifier_method = rcgen::KeyIdMethod::PreSpecified(
+            rekey::issue::x509::key_identifier(rcgen::PublicKeyData::der_bytes(&ca_key)),
+        );
         let ca_cert = ca_params.clone().self_signed(&ca_key).expect("CA cert");
         let ca_pem = ca_cert.pem();
         let server_key = rcgen::KeyPair::generate().expect("server key");
@@ -268,6 +298,7 @@ impl KubeStandIn {
         sp.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
         let issuer = rcgen::Issuer::from_params(&ca_params, &ca_key);
         let server_cert = sp.signed_by(&server_key, &issuer).expect("server cert");
+        drop(issuer);
 
         let (down_tx, _) = tokio::sync::watch::channel(0u64);
         let rekey_token;
@@ -289,6 +320,12 @@ impl KubeStandIn {
             bookmark_interval: opts.bookmark_interval,
             admin_user: ADMIN_USER.into(),
             storage: std::sync::OnceLock::new(),
+            signing_ca: signer::SigningCa {
+                params: ca_params,
+                key: ca_key,
+            },
+            signers: Mutex::new(opts.signers.clone()),
+            signers_changed: tokio::sync::watch::channel(0u64).0,
         });
         let mut deploy_objects = Vec::new();
         {
@@ -370,6 +407,7 @@ impl KubeStandIn {
         let stop = shutdown.clone();
         let workers = opts.workers.max(1);
         let storage_opts = opts.storage.clone();
+        let signing = (shared.clone(), shutdown.clone());
         let thread = std::thread::Builder::new()
             .name("kube-stand-in".into())
             .spawn(move || {
@@ -384,6 +422,7 @@ impl KubeStandIn {
                         .unwrap_or_else(|e| panic!("the stand-in's etcd storage: {e}"));
                     let _ = sh.storage.set(Arc::new(st));
                 }
+                rt.spawn(signer::run(signing.0, signing.1));
                 rt.block_on(serve(sh, tls, stop, addr_tx));
             })
             .expect("stand-in thread");
@@ -393,8 +432,6 @@ impl KubeStandIn {
             shared,
             dir,
             ca_pem,
-            ca_key,
-            ca_params,
             shutdown,
             thread: Some(thread),
             rekey_token,
@@ -691,20 +728,38 @@ impl KubeStandIn {
         self.put(csr).map(|_| ())
     }
 
-    /// Signs an approved CSR: sets `status.certificate`.
+    /// Signs a CSR now, whatever its signer, as the controller-manager's
+    /// signer would (usages, `expirationSeconds`, the `kubernetes.io/*`
+    /// rules): sets `status.certificate`.
     pub fn issue(&self, name: &str) -> Result<(), String> {
         let mut csr = self
             .get("CertificateSigningRequest", "", name)
             .ok_or_else(|| format!("no CSR {name}"))?;
-        let pem_bytes = STANDARD
-            .decode(csr["spec"]["request"].as_str().unwrap_or(""))
-            .map_err(|e| e.to_string())?;
-        let pem = String::from_utf8(pem_bytes).map_err(|e| e.to_string())?;
-        let params =
-            rcgen::CertificateSigningRequestParams::from_pem(&pem).map_err(|e| e.to_string())?;
-        let issuer = rcgen::Issuer::from_params(&self.ca_params, &self.ca_key);
-        let cert = params.signed_by(&issuer).map_err(|e| e.to_string())?;
-        csr["status"]["certificate"] = json!(STANDARD.encode(cert.pem()));
+        let pem = signer::sign(&self.shared.signing_ca, &csr)?;
+        csr["status"]["certificate"] = json!(STANDARD.encode(pem));
+        self.put(csr).map(|_| ())
+    }
+
+    /// Signs approved CSRs of signer `name` from now on (and those already
+    /// approved), as kube-controller-manager does for its signers.
+    pub fn add_signer(&self, name: &str) {
+        self.shared
+            .signers
+            .lock()
+            .expect("signers")
+            .push(name.to_string());
+        self.shared.signers_changed.send_modify(|n| *n += 1);
+    }
+
+    /// Sets the `Denied` condition of a CSR, as `kubectl certificate deny` does.
+    pub fn deny(&self, name: &str, message: &str) -> Result<(), String> {
+        let mut csr = self
+            .get("CertificateSigningRequest", "", name)
+            .ok_or_else(|| format!("no CSR {name}"))?;
+        csr["status"]["conditions"] = json!([{
+            "type": "Denied", "status": "True", "reason": "KubectlDeny",
+            "message": message, "lastUpdateTime": store::timestamp(),
+        }]);
         self.put(csr).map(|_| ())
     }
 }

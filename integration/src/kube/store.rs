@@ -136,6 +136,17 @@ pub static RESOURCES: &[ResourceType] = &[
             &[],
         )
     },
+    ResourceType {
+        virtual_only: true,
+        ..rt(
+            "authorization.k8s.io",
+            "v1",
+            "selfsubjectaccessreviews",
+            "SelfSubjectAccessReview",
+            false,
+            &[],
+        )
+    },
 ];
 
 /// Looks a resource type up by group, version and plural.

@@ -170,6 +170,39 @@ pub fn validate(
                     "Invalid value: []byte{...}: PEM block type must be CERTIFICATE REQUEST".into(),
                 ));
             }
+            let usages: Vec<&str> = v["spec"]["usages"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|u| u.as_str())
+                .collect();
+            if usages.is_empty() {
+                causes.push((
+                    "spec.usages".into(),
+                    "Required value: usages must be provided".into(),
+                ));
+            }
+            for (i, u) in usages.iter().enumerate() {
+                if !super::signer::KNOWN_USAGES.contains(u) {
+                    causes.push((
+                        format!("spec.usages[{i}]"),
+                        format!("Unsupported value: \"{u}\""),
+                    ));
+                } else if usages[..i].contains(u) {
+                    causes.push((
+                        format!("spec.usages[{i}]"),
+                        format!("Duplicate value: \"{u}\""),
+                    ));
+                }
+            }
+            if let Some(exp) = v["spec"]["expirationSeconds"].as_i64()
+                && exp < 600
+            {
+                causes.push((
+                    "spec.expirationSeconds".into(),
+                    format!("Invalid value: {exp}: may not specify a duration less than 600 seconds (10 minutes)"),
+                ));
+            }
             v
         }
         other => {

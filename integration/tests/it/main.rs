@@ -9,6 +9,7 @@
 //! backup/        `rekey backup` (format, run, prune, rewrap, Azure, GCS, CronJob)
 //! engine/        the rotation engine (stepped, through the CLI and the binary)
 //! etcd/          encryption at rest (verify, rotate-key, checks, memory)
+//! issuers/       named issuers, kubernetes-csr, what Go/OpenSSL/rustls/pkilint accept
 //! kube/          Kubernetes (stand-in, sinks, tokens, bootstrap, RBAC, reload)
 //! architecture   the code map of service/src held to ARCHITECTURE.md
 //! completions    `rekey completions` scripts (bash loaded and completing)
@@ -36,6 +37,7 @@ mod engine;
 mod etcd;
 mod fuzz_corpus_replay;
 mod ha;
+mod issuers;
 mod kube;
 mod leader;
 mod outages;

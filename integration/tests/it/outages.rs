@@ -127,7 +127,7 @@ async fn postgres_down_for_30_seconds_is_survived() {
         async || {
             let (waiting, pending): (i64, i64) = sqlx::query_as(
                 "SELECT
-                   (SELECT count(*) FROM credentials c WHERE NOT EXISTS
+                   (SELECT count(*) FROM credentials c WHERE c.managed AND NOT EXISTS
                       (SELECT 1 FROM rotations r WHERE r.credential_id = c.id
                          AND r.status = 'succeeded' AND r.finished_at > $1)),
                    (SELECT count(*) FROM credential_versions WHERE status = 'pending' AND created_at < $1)",
@@ -254,7 +254,7 @@ async fn retries_near_expiry_never_wait_more_than_a_quarter_of_the_time_left() {
         async || {
             // No row until serve has declared the credential; NULL until issued.
             let na: Option<chrono::DateTime<chrono::Utc>> =
-                sqlx::query_scalar("SELECT not_after FROM credentials")
+                sqlx::query_scalar("SELECT not_after FROM credentials WHERE managed")
                     .fetch_optional(&pool)
                     .await
                     .unwrap()
@@ -309,9 +309,10 @@ async fn retries_near_expiry_never_wait_more_than_a_quarter_of_the_time_left() {
         );
     }
     assert!(renewed >= 2, "not renewed before expiry:\n{}", server.log());
-    let na: chrono::DateTime<chrono::Utc> = sqlx::query_scalar("SELECT not_after FROM credentials")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
+    let na: chrono::DateTime<chrono::Utc> =
+        sqlx::query_scalar("SELECT not_after FROM credentials WHERE managed")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
     assert!(na > first_na);
 }

@@ -51,6 +51,7 @@ pub fn client_spec(cn: &str, dir: PathBuf) -> CertificateSpec {
 fn leaf_spec(cn: &str, usage: Usage, dns: Vec<String>, dir: PathBuf) -> CertificateSpec {
     CertificateSpec {
         name: format!("api/{cn}"),
+        issuer: None,
         common_name: Some(cn.into()),
         organizations: vec![],
         dns_names: dns,

@@ -22,7 +22,8 @@ pub struct CredentialSummary {
     pub name: String,
     /// `certificate`, `service_account_token` or `bootstrap_token`.
     pub kind: String,
-    /// `valid`, `expired`, `failing`, `pending`, `no-expiry` or `revoked`.
+    /// `valid`, `expired`, `failing`, `pending`, `no-expiry`, `revoked` or
+    /// `awaiting-approval` (its certificate request waits for approval).
     pub state: String,
     /// Start of the current version's validity.
     #[serde(serialize_with = "rfc3339::option")]
@@ -125,7 +126,8 @@ pub struct CredentialView {
     pub name: String,
     /// `certificate`, `service_account_token` or `bootstrap_token`.
     pub kind: String,
-    /// `valid`, `expired`, `failing`, `pending`, `no-expiry` or `revoked`.
+    /// `valid`, `expired`, `failing`, `pending`, `no-expiry`, `revoked` or
+    /// `awaiting-approval` (its certificate request waits for approval).
     pub state: String,
     /// Start of the current version's validity.
     pub not_before: Option<DateTime<Utc>>,

@@ -41,7 +41,8 @@ pub struct StatusRow {
     pub not_after: Option<String>,
     /// Next rotation (null: not rotated by rekey).
     pub next_rotation_at: Option<String>,
-    /// `valid`, `expired`, `failing`, `pending`, `no-expiry`, `revoked`.
+    /// `valid`, `expired`, `failing`, `pending`, `no-expiry`, `revoked`,
+    /// `awaiting-approval`.
     pub state: State,
 }
 
@@ -270,6 +271,29 @@ mod tests {
         );
         let whole = table(&[first[0].clone(), second[0].clone()], now);
         assert_eq!(whole.lines().count(), 3, "{whole}");
+    }
+
+    #[test]
+    fn a_request_awaiting_approval_has_its_own_state() {
+        let now: DateTime<Utc> = "2026-01-01T00:00:00Z".parse().unwrap();
+        let mut c = cred("cert/ci/deployer", None);
+        c.failures = 2;
+        c.last_error = Some(format!(
+            "{}CertificateSigningRequest rekey-x-1 (signer example.com/s): approve it",
+            crate::store::credentials::AWAITING_APPROVAL
+        ));
+        assert_eq!(c.state(now), State::AwaitingApproval);
+        let doc = serde_json::to_value(document(&[c.clone()], now)).unwrap();
+        assert_eq!(doc["credentials"][0]["state"], "awaiting-approval");
+        // Still valid from an earlier version: awaiting approval all the same.
+        c.not_after = Some(now + chrono::TimeDelta::hours(1));
+        assert_eq!(c.state(now), State::AwaitingApproval);
+        // Expired trumps it.
+        c.not_after = Some(now);
+        assert_eq!(c.state(now), State::Expired);
+        c.last_error = Some("publishing to x: boom".into());
+        c.not_after = Some(now + chrono::TimeDelta::hours(1));
+        assert_eq!(c.state(now), State::Failing);
     }
 
     #[test]

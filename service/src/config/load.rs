@@ -109,11 +109,22 @@ impl Config {
                 *p = base.join(&*p);
             }
         };
-        if let Some(i) = &mut self.issuer {
-            fix(&mut i.ca_cert);
-            fix(&mut i.ca_key);
+        if let Some(section) = &mut self.issuer {
+            for i in section.entries_mut() {
+                for p in [&mut i.ca_cert, &mut i.ca_key, &mut i.ca_bundle]
+                    .into_iter()
+                    .flatten()
+                {
+                    fix(p);
+                }
+            }
         }
         for c in &mut self.certificates {
+            // `issuer = "default"` is the same as no issuer: stored alike,
+            // so writing it out re-issues nothing.
+            if c.issuer.as_deref() == Some(crate::issue::DEFAULT_ISSUER) {
+                c.issuer = None;
+            }
             if let SinkSpec::File { dir } = &mut c.sink {
                 fix(dir);
             }
@@ -282,9 +293,10 @@ sink = { kind = "kubernetes-secret", namespace = "ci", name = "deployer-token" }
         assert_eq!(c.certificates.len(), 1);
         assert_eq!(c.certificates[0].key, KeyType::EcdsaP256);
         assert_eq!(
-            c.issuer.unwrap().ca_cert,
-            PathBuf::from("/etc/rekey/ca/ca.crt")
+            c.issuers()[0].ca_cert,
+            Some(PathBuf::from("/etc/rekey/ca/ca.crt"))
         );
+        assert_eq!(c.issuers()[0].name(), "default");
         assert_eq!(
             c.certificates[0].sink,
             SinkSpec::File {
@@ -369,7 +381,7 @@ sink = { kind = "kubernetes-secret", namespace = "ci", name = "deployer-token" }
         let c = Config::parse(GOOD, &env, Path::new("/")).unwrap();
         assert_eq!(c.database.url().unwrap(), "postgres://other/db");
         assert_eq!(c.engine.concurrency, 3);
-        assert_eq!(c.issuer.unwrap().ca_key, PathBuf::from("/x/ca.key"));
+        assert_eq!(c.issuers()[0].ca_key, Some(PathBuf::from("/x/ca.key")));
 
         let mut env = BTreeMap::new();
         env.insert("REKEY_ENGINE_COLOUR".to_string(), "3".to_string());
@@ -417,6 +429,110 @@ sink = { kind = "kubernetes-secret", namespace = "ci", name = "deployer-token" }
         let e = err_of(&text);
         assert_eq!(e.path, "certificate[1].name");
         assert!(e.message.contains("duplicate"));
+    }
+
+    const ISSUERS: &str = r#"
+[[issuer]]
+name = "cluster"
+ca_cert = "ca/ca.crt"
+ca_key = "ca/ca.key"
+allowed_namespaces = ["shop", "team-*"]
+allowed_dns_names = ["*.{namespace}.svc"]
+
+[[issuer]]
+name = "apiserver-clients"
+kind = "kubernetes-csr"
+signer_name = "kubernetes.io/kube-apiserver-client"
+
+[[certificate]]
+name = "cert/shop/web"
+issuer = "cluster"
+dns_names = ["web.shop.svc"]
+lifetime = "24h"
+sink = { kind = "file", dir = "web" }
+
+[[certificate]]
+name = "cert/ci/deployer"
+issuer = "apiserver-clients"
+common_name = "deployer"
+usages = ["client"]
+lifetime = "1h"
+sink = { kind = "file", dir = "deployer" }
+"#;
+
+    #[test]
+    fn named_issuers_and_their_certificates() {
+        let c = parse(ISSUERS).unwrap();
+        let issuers = c.issuers();
+        assert_eq!(issuers.len(), 2);
+        assert_eq!(
+            issuers[0].ca_key,
+            Some(PathBuf::from("/etc/rekey/ca/ca.key"))
+        );
+        assert_eq!(c.certificates[1].issuer_name(), "apiserver-clients");
+        assert!(
+            c.needs_kubernetes(),
+            "a kubernetes-csr issuer needs the API"
+        );
+        // `issuer = "default"` is stored as no issuer.
+        let c = parse(&GOOD.replace(
+            "lifetime = \"24h\"",
+            "lifetime = \"24h\"\nissuer = \"default\"",
+        ))
+        .unwrap();
+        assert_eq!(c.certificates[0].issuer, None);
+    }
+
+    #[test]
+    fn issuer_mistakes_name_the_field() {
+        let cases = [
+            (
+                ISSUERS.replace("issuer = \"cluster\"", "issuer = \"nope\""),
+                "certificate[0].issuer",
+                "no issuer named `nope`",
+            ),
+            (
+                ISSUERS.replace("issuer = \"cluster\"\n", ""),
+                "certificate[0].issuer",
+                "no issuer named `default`",
+            ),
+            (
+                ISSUERS.replace("usages = [\"client\"]", "usages = [\"server\", \"client\"]"),
+                "certificate[1].usages",
+                "client certificates only",
+            ),
+            (
+                ISSUERS.replace("lifetime = \"1h\"", "lifetime = \"5m\""),
+                "certificate[1].lifetime",
+                "10m",
+            ),
+            (
+                ISSUERS.replace("signer_name = \"kubernetes.io/kube-apiserver-client\"", ""),
+                "issuer[1].signer_name",
+                "missing",
+            ),
+            (
+                ISSUERS.replace("name = \"apiserver-clients\"", "name = \"cluster\""),
+                "issuer[1].name",
+                "duplicate",
+            ),
+            (
+                ISSUERS.replace("name = \"cert/shop/web\"", "name = \"ca/cluster\""),
+                "certificate[0].name",
+                "CA certificates",
+            ),
+        ];
+        for (text, path, message) in cases {
+            let e = err_of(&text);
+            assert_eq!(e.path, path, "{e}");
+            assert!(e.message.contains(message), "{e}");
+            assert!(e.line.is_some(), "{e}");
+        }
+        let e = err_of(
+            "[[certificate]]\nname = \"cert/a\"\ndns_names = [\"a\"]\nlifetime = \"1h\"\nsink = { kind = \"file\", dir = \"a\" }\n",
+        );
+        assert_eq!(e.path, "certificate[0].issuer");
+        assert!(e.message.contains("rekey ca init"), "{e}");
     }
 
     #[test]

@@ -33,7 +33,7 @@ use crate::{
     api::ApiConfig,
     backup::BackupConfig,
     etcd::EtcdConfig,
-    issue::{self, IssuerConfig},
+    issue::{self, IssuerConfig, IssuerKind, IssuerSection},
     k8s::{BootstrapTokensConfig, KubernetesConfig, MIN_TOKEN_LIFETIME_SECS},
     rotate::{EngineConfig, TokenSpec},
     scan::ScanConfig,
@@ -49,8 +49,8 @@ pub struct Config {
     /// Where the inventory lives.
     #[serde(default)]
     pub database: DatabaseConfig,
-    /// The internal CA that signs leaf certificates.
-    pub issuer: Option<IssuerConfig>,
+    /// Who signs certificates: `[issuer]` (the issuer `default`) or `[[issuer]]`.
+    pub issuer: Option<IssuerSection>,
     /// How the rotation engine claims and runs work.
     #[serde(default)]
     pub engine: EngineConfig,
@@ -83,6 +83,11 @@ impl Config {
     /// across `[[certificate]]` and `[[token]]`.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.engine.validate().map_err(within("engine"))?;
+        if let Some(i) = &self.issuer {
+            i.validate()
+                .map_err(|(path, m)| ConfigError::new(path, m))?;
+        }
+        let issuers = self.issuers();
         let mut names = HashSet::new();
         let mut sinks = HashSet::new();
         for (i, c) in self.certificates.iter().enumerate() {
@@ -90,6 +95,7 @@ impl Config {
             unique_name(&at, &c.name, &mut names)?;
             c.validate().map_err(within(&at))?;
             unique_sink(&at, &c.sink, &mut sinks)?;
+            check_issuer(&at, c, &issuers)?;
         }
         let token_floor = Duration::from_secs(MIN_TOKEN_LIFETIME_SECS);
         for (i, t) in self.tokens.iter().enumerate() {
@@ -116,9 +122,15 @@ impl Config {
         Ok(())
     }
 
+    /// Every issuer, in file order (`[issuer]` is the one named `default`).
+    pub fn issuers(&self) -> Vec<IssuerConfig> {
+        self.issuer.as_ref().map(|i| i.list()).unwrap_or_default()
+    }
+
     /// Whether the service needs the Kubernetes API: `[kubernetes]`, a
-    /// kubernetes-secret sink, a `[[token]]`, consumers to reload, or
-    /// `[bootstrap_tokens]`.
+    /// kubernetes-secret sink, a `[[token]]`, consumers to reload,
+    /// `[bootstrap_tokens]`, or an issuer in the cluster (a CA in a
+    /// Secret, a `kubernetes-csr` signer).
     pub fn needs_kubernetes(&self) -> bool {
         self.kubernetes.is_some()
             || self.bootstrap_tokens.is_some()
@@ -127,6 +139,10 @@ impl Config {
                 .as_ref()
                 .is_some_and(|e| e.migrate_schedule.is_some())
             || !self.tokens.is_empty()
+            || self
+                .issuers()
+                .iter()
+                .any(|i| i.secret.is_some() || i.kind == IssuerKind::KubernetesCsr)
             || self.certificates.iter().any(|c| {
                 matches!(c.sink, sink::SinkSpec::KubernetesSecret { .. }) || !c.reload.is_empty()
             })
@@ -138,6 +154,36 @@ fn within(section: &str) -> impl Fn((String, String)) -> ConfigError + '_ {
     move |(field, message)| ConfigError::new(format!("{section}.{field}"), message)
 }
 
+/// The certificate's issuer exists, and what it signs fits the signer.
+fn check_issuer(
+    at: &str,
+    c: &issue::CertificateSpec,
+    issuers: &[IssuerConfig],
+) -> Result<(), ConfigError> {
+    let name = c.issuer_name();
+    let Some(issuer) = issuers.iter().find(|i| i.name() == name) else {
+        let known: Vec<&str> = issuers.iter().map(|i| i.name()).collect();
+        let message = match (c.issuer.is_some(), known.is_empty()) {
+            (_, true) => format!(
+                "issuer `{name}` is not configured: there is no [issuer] (create a CA with `rekey ca init --out DIR` and add [issuer] ca_cert/ca_key)"
+            ),
+            (true, false) => format!(
+                "no issuer named `{name}` (configured: {})",
+                known.join(", ")
+            ),
+            (false, false) => format!(
+                "this certificate has no `issuer`, and there is no issuer named `default` (configured: {}): name one",
+                known.join(", ")
+            ),
+        };
+        return Err(ConfigError::new(format!("{at}.issuer"), message));
+    };
+    if let (IssuerKind::KubernetesCsr, Some(signer)) = (issuer.kind, &issuer.signer_name) {
+        issue::csr::validate_for_signer(c, signer).map_err(within(at))?;
+    }
+    Ok(())
+}
+
 /// A credential name: valid, and not declared twice.
 fn unique_name<'a>(
     at: &str,
@@ -145,6 +191,15 @@ fn unique_name<'a>(
     seen: &mut HashSet<&'a str>,
 ) -> Result<(), ConfigError> {
     validate_name(name).map_err(|m| ConfigError::new(format!("{at}.name"), m))?;
+    if name.starts_with(issue::CA_PREFIX) {
+        return Err(ConfigError::new(
+            format!("{at}.name"),
+            format!(
+                "`{name}`: names starting with `{}` are the issuers' CA certificates in the inventory",
+                issue::CA_PREFIX
+            ),
+        ));
+    }
     if !seen.insert(name) {
         return Err(ConfigError::new(
             format!("{at}.name"),

@@ -1,8 +1,8 @@
-//! What rekey issues: `[issuer]` (the CA) and `[[certificate]]` (a leaf
-//! certificate's subject, key, usages, lifetime and sink), with their
-//! checks.
+//! What rekey issues: `[[certificate]]` (a leaf certificate's issuer,
+//! subject, key, usages, lifetime and sink), with its checks. Issuers are
+//! in [`super::settings`].
 
-use std::{net::IpAddr, path::PathBuf};
+use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
@@ -13,15 +13,13 @@ use crate::{
     units::HumanDuration,
 };
 
-/// `[issuer]`: the CA, as written by `rekey ca init --out DIR`.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct IssuerConfig {
-    /// PEM CA certificate.
-    pub ca_cert: PathBuf,
-    /// PEM CA private key (PKCS#8).
-    pub ca_key: PathBuf,
-}
+/// The issuer a certificate without `issuer` uses, and the name of the
+/// single `[issuer]` table.
+pub const DEFAULT_ISSUER: &str = "default";
+
+/// The inventory name of a `ca` issuer's CA certificate is this prefix and
+/// the issuer's name (`ca/cluster`); no declared credential may use it.
+pub const CA_PREFIX: &str = "ca/";
 
 /// Key algorithm of a leaf certificate.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize, Serialize)]
@@ -67,6 +65,11 @@ impl KeyType {
 pub struct CertificateSpec {
     /// Unique name, e.g. `cert/default/web-tls`.
     pub name: String,
+    /// The issuer that signs it (`[[issuer]] name`); `default` when absent.
+    /// Left out of the stored spec when absent, so that specs stored before
+    /// issuers had names hash as they did (no re-issue on upgrade).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<String>,
     /// Subject common name (default: the first DNS name, else the name).
     pub common_name: Option<String>,
     /// Subject organizations (O=), e.g. `system:masters` for client certs.
@@ -121,6 +124,11 @@ fn is_false(b: &bool) -> bool {
 }
 
 impl CertificateSpec {
+    /// The name of the issuer that signs it.
+    pub fn issuer_name(&self) -> &str {
+        self.issuer.as_deref().unwrap_or(DEFAULT_ISSUER)
+    }
+
     /// The renewal policy (assumes the spec was validated).
     pub fn policy(&self) -> RenewalPolicy {
         RenewalPolicy::new(
@@ -134,6 +142,15 @@ impl CertificateSpec {
     /// Checks field values; an error is `(field, message)`.
     pub fn validate(&self) -> Result<(), (String, String)> {
         validate_name(&self.name).map_err(|m| ("name".to_string(), m))?;
+        if self.name.starts_with(CA_PREFIX) {
+            return Err((
+                "name".into(),
+                format!(
+                    "`{}`: names starting with `{CA_PREFIX}` are the issuers' CA certificates in the inventory",
+                    self.name
+                ),
+            ));
+        }
         if self.dns_names.is_empty() && self.ip_addresses.is_empty() && self.common_name.is_none() {
             return Err((
                 "dns_names".into(),

@@ -12,6 +12,8 @@
 //!      ├─► reload     pod-template annotation patch, process-wide token bucket
 //!      ├─► bootstrap  Secret/CSR/Node watches → decide (pure) → revoke → Postgres + audit
 //!      ├─► legacy     long-lived service-account-token Secrets → credentials (no-expiry)
+//!      ├─► csr_signer kubernetes-csr issuers: CSR create, self-approval where RBAC allows, wait
+//!      ├─► ca_secret  a `ca` issuer's CA in a Secret (tls.crt, tls.key)
 //!      └─► sink::kubernetes  Secret publish with resourceVersion concurrency
 //! ```
 //!
@@ -22,7 +24,9 @@
 //!   token issuer and reloader, the jobs).
 
 pub mod bootstrap;
+pub mod ca_secret;
 pub mod connect;
+pub mod csr_signer;
 pub mod error;
 pub mod legacy;
 pub mod objects;
@@ -31,7 +35,7 @@ pub mod settings;
 pub mod tokens;
 pub mod wiring;
 
-pub use connect::{client, client_for};
+pub use connect::{client, client_for, cluster_ca, config_for};
 pub use error::{K8sError, REQUEST_TIMEOUT, call};
 pub use objects::{
     CREDENTIAL_ANNOTATION, MANAGED_BY, NOT_AFTER_ANNOTATION, VERSION_ANNOTATION, from_chrono,

@@ -10,7 +10,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::{
     bootstrap,
-    connect::client_for,
+    ca_secret::SecretCaStore,
+    connect::{cluster_ca, config_for},
+    csr_signer::KubeCsrSigner,
     error::K8sError,
     legacy,
     reload::{self, Reloader},
@@ -18,6 +20,7 @@ use super::{
     tokens,
 };
 use crate::{
+    issue::{CaStore, CsrSigner, SecretRef},
     rotate::tokens::{IssuedToken, Reload, ReloadError, TokenError, TokenIssuer, TokenSpec},
     store::Store,
 };
@@ -31,6 +34,7 @@ pub struct Kube {
     /// The client every part shares.
     pub client: kube::Client,
     reloader: Reloader,
+    cluster_ca: Vec<Vec<u8>>,
 }
 
 impl std::fmt::Debug for Kube {
@@ -43,7 +47,10 @@ impl Kube {
     /// Builds the client from `[kubernetes]` when given, else `KUBECONFIG` /
     /// `~/.kube/config` / in-cluster, and the process's one reloader.
     pub async fn connect(config: Option<&KubernetesConfig>) -> Result<Self, K8sError> {
-        let client = client_for(config).await?;
+        let kube_config = config_for(config).await?;
+        let cluster_ca = cluster_ca(&kube_config);
+        let client =
+            kube::Client::try_from(kube_config).map_err(|e| K8sError::Config(e.to_string()))?;
         let reloader = Reloader::new(
             client.clone(),
             config
@@ -53,7 +60,28 @@ impl Kube {
                 .and_then(|k| k.reload_burst)
                 .unwrap_or(reload::DEFAULT_BURST),
         );
-        Ok(Self { client, reloader })
+        Ok(Self {
+            client,
+            reloader,
+            cluster_ca,
+        })
+    }
+
+    /// The CA certificates (DER) the client trusts for the API server (see
+    /// [`super::connect::cluster_ca`]): the default trust bundle of a
+    /// `kubernetes-csr` issuer without `ca_bundle`.
+    pub fn cluster_ca(&self) -> &[Vec<u8>] {
+        &self.cluster_ca
+    }
+
+    /// Where a `ca` issuer's CA lives when it is a Secret.
+    pub fn ca_store(&self, secret: &SecretRef) -> Arc<dyn CaStore> {
+        Arc::new(SecretCaStore::new(self.client.clone(), secret.clone()))
+    }
+
+    /// The signer of a `kubernetes-csr` issuer.
+    pub fn csr_signer(&self, signer_name: &str) -> Arc<dyn CsrSigner> {
+        Arc::new(KubeCsrSigner::new(self.client.clone(), signer_name))
     }
 
     /// The bootstrap-token watcher, to run under leader election.

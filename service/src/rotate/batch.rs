@@ -12,13 +12,14 @@ use tokio::sync::broadcast;
 use super::{
     error::StepError,
     events::{EventOutcome, RotationEvent},
+    issuing::issue_certificate,
     item::{Issued, Item, Spec},
     reconcile::reconcile,
     settings::EngineConfig,
     tokens::{Reload, TokenIssuer},
 };
 use crate::{
-    issue::CertAuthority,
+    issue::Issuers,
     schedule::Jitter,
     sink::{self, Material, Publication, Sink, SinkContext},
     store::{
@@ -37,8 +38,8 @@ pub struct EngineDeps {
     pub replica: String,
     /// Tuning.
     pub config: EngineConfig,
-    /// The internal CA (certificates).
-    pub ca: Option<Arc<CertAuthority>>,
+    /// The issuers: who signs each certificate, what its sinks trust.
+    pub issuers: Arc<Issuers>,
     /// What sinks need (a Kubernetes client).
     pub sinks: SinkContext,
     /// Service-account token issuance (TokenRequest).
@@ -242,30 +243,14 @@ impl Rotator {
         let spec = item.spec.as_ref()?;
         Some(match spec {
             Spec::Certificate(c) => {
-                let Some(ca) = self.deps.ca.clone() else {
-                    return Some(Err(StepError::NoCa));
-                };
-                let c = c.clone();
-                match tokio::task::spawn_blocking(move || ca.issue(&c, now)).await {
-                    Ok(Ok(cert)) => Ok(Issued {
-                        facts: VersionFacts {
-                            version_id,
-                            credential_id,
-                            fingerprint: cert.fingerprint,
-                            serial: Some(cert.serial),
-                            not_before: cert.not_before,
-                            not_after: cert.not_after,
-                            details: serde_json::json!({}),
-                        },
-                        material: Some(Material::Certificate {
-                            chain_pem: format!("{}{}", cert.cert_pem, cert.ca_pem),
-                            key_pem: cert.key_pem,
-                            ca_pem: cert.ca_pem,
-                        }),
-                    }),
-                    Ok(Err(e)) => Err(StepError::Issue(e)),
-                    Err(e) => Err(StepError::IssuingThread(e)),
-                }
+                issue_certificate(
+                    &self.deps.issuers,
+                    c,
+                    (credential_id, version_id),
+                    now,
+                    self.deps.config.lease.get(),
+                )
+                .await
             }
             Spec::Token(t) => match &self.deps.tokens {
                 None => Err(StepError::NoTokenIssuer),
@@ -384,7 +369,8 @@ impl Rotator {
             if item.done {
                 continue;
             }
-            let retry_at = item.retry_at(now, rand::random());
+            let awaiting = matches!(error, StepError::AwaitingApproval(_));
+            let retry_at = item.retry_at(now, rand::random(), awaiting);
             let delay = retry_at - now;
             let error = error.to_string();
             tracing::warn!(credential = %item.claimed.name, error = %error, retry_in = %humantime::format_duration(delay.to_std().unwrap_or_default()), "rotation failed");

@@ -5,7 +5,11 @@
 
 use std::time::Duration;
 
-use crate::{issue::IssueError, sink::SinkError, store::StoreError};
+use crate::{
+    issue::{CsrError, IssueError, UnknownIssuer},
+    sink::SinkError,
+    store::StoreError,
+};
 
 use super::tokens::TokenError;
 
@@ -43,9 +47,16 @@ pub enum StepError {
         /// Why.
         source: SinkError,
     },
-    /// A certificate is due but no CA is configured.
-    #[error("no [issuer] CA is configured")]
-    NoCa,
+    /// The certificate names an issuer that is not configured.
+    #[error("{0}")]
+    UnknownIssuer(UnknownIssuer),
+    /// The certificate's request waits for approval (its text begins with
+    /// `store::credentials::AWAITING_APPROVAL`: the state `awaiting-approval`).
+    #[error(transparent)]
+    AwaitingApproval(CsrError),
+    /// The cluster signer refused, or the request failed.
+    #[error(transparent)]
+    Csr(CsrError),
     /// The CA refused or failed to issue.
     #[error(transparent)]
     Issue(IssueError),

@@ -14,6 +14,10 @@ use crate::{
     store::engine::{Attempt, Claimed, Success, VersionFacts},
 };
 
+/// How often, at most, a certificate request awaiting approval is looked
+/// at again (one GET of the request each time).
+pub const AWAITING_POLL: TimeDelta = TimeDelta::seconds(15);
+
 /// One credential in flight through a batch.
 pub(super) struct Item {
     pub(super) claimed: Claimed,
@@ -132,13 +136,25 @@ impl Item {
 
     /// When a failed rotation is retried, decided at `now` with a jitter
     /// `sample` in `[0, 1)`: backoff by consecutive failures, bounded by
-    /// the time left before the current version expires.
-    pub(super) fn retry_at(&self, now: DateTime<Utc>, sample: f64) -> DateTime<Utc> {
-        now + schedule::retry_delay(
+    /// the time left before the current version expires. A request
+    /// `awaiting` approval is looked at again at least every
+    /// [`AWAITING_POLL`], so an approval given by hand is picked up soon.
+    pub(super) fn retry_at(
+        &self,
+        now: DateTime<Utc>,
+        sample: f64,
+        awaiting: bool,
+    ) -> DateTime<Utc> {
+        let delay = schedule::retry_delay(
             self.claimed.failures.max(0) as u32,
             now,
             self.claimed.not_after,
             sample,
-        )
+        );
+        now + if awaiting {
+            delay.min(AWAITING_POLL)
+        } else {
+            delay
+        }
     }
 }

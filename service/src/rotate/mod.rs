@@ -22,7 +22,9 @@
 //! to commit, for up to `batch_size` credentials.
 //!
 //! - [`engine`]: the run loop (claim, concurrency, idle, shutdown).
-//! - [`batch`]: one claimed batch, step by step; [`reconcile`]: what an
+//! - [`batch`]: one claimed batch, step by step; [`issuing`]: a
+//!   certificate by its issuer (signer and bundle from the registry);
+//!   [`reconcile`]: what an
 //!   interruption left pending; [`item`]: one credential in flight and the
 //!   pure decisions about it (next due time, retry time).
 //! - [`declare`]: the configuration into the inventory; [`retire`]:
@@ -35,6 +37,7 @@ pub mod declare;
 pub mod engine;
 pub mod error;
 pub mod events;
+pub mod issuing;
 pub mod item;
 pub mod reconcile;
 pub mod retire;

@@ -1,11 +1,13 @@
 //! Wiring: starts the engine, watchers, API and jobs, and waits on them.
 //!
 //! `rekey serve` and `rekey dev` both go through [`start`]: it connects to
-//! Postgres, applies migrations, loads the CA, syncs the declared credentials
+//! Postgres, applies migrations, loads the issuers ([`issuers`]; their CAs
+//! go into the inventory as `ca/<issuer>`), syncs the declared credentials
 //! and spawns the long-running tasks; [`Running::wait`] reports which task
 //! ended and why.
 
 pub mod dev;
+pub mod issuers;
 pub mod leader;
 
 use std::{sync::Arc, time::Duration};
@@ -17,7 +19,6 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     config::Config,
     error::{BadInput, BadInputExt},
-    issue::CertAuthority,
     k8s::wiring::Kube,
     rotate::{Engine, EngineDeps, declare},
     sink::SinkContext,
@@ -80,32 +81,11 @@ pub async fn open_store(url: &str, max: u32, patience: Duration) -> anyhow::Resu
     })
 }
 
-/// Loads the CA named by `[issuer]`; required when certificates are declared.
-pub fn load_ca(config: &Config) -> anyhow::Result<Option<Arc<CertAuthority>>> {
-    match &config.issuer {
-        Some(i) => {
-            let ca = CertAuthority::load(&i.ca_cert, &i.ca_key)
-                .map_err(|e| BadInput::msg(format!("issuer: {e}")))?;
-            if ca.not_after() < chrono::Utc::now() {
-                tracing::error!(subject = ca.subject(), not_after = %ca.not_after(), "the issuer CA has expired: every certificate it signs is invalid");
-            }
-            Ok(Some(Arc::new(ca)))
-        }
-        None if !config.certificates.is_empty() => Err(BadInput::msg(
-            "issuer: certificates are declared but [issuer] is missing (create a CA with `rekey ca init --out DIR`)",
-        )
-        .into()),
-        None => Ok(None),
-    }
-}
-
 /// Starts everything the configuration asks for.
 pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Result<Running> {
     // Before anything records a metric, so nothing is lost.
     crate::telemetry::install_metrics_recorder();
     crate::backup::describe_metrics();
-    let ca = load_ca(&config)?;
-    let store = connect(&config).await?;
     let replica = config
         .engine
         .replica_id
@@ -122,6 +102,14 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     } else {
         None
     };
+    // Every issuer checked before anything is written or published (and
+    // before waiting for Postgres: a bad CA is reported at once).
+    let issuers =
+        Arc::new(issuers::load_issuers(&config, kube.as_ref(), chrono::Utc::now()).await?);
+    let store = connect(&config).await?;
+    crate::issue::inventory::record(&store, &issuers)
+        .await
+        .context("recording the issuers' CA certificates")?;
     let sinks = SinkContext {
         kube: kube.as_ref().map(|k| k.client.clone()),
     };
@@ -146,7 +134,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         store: store.clone(),
         replica,
         config: config.engine.clone(),
-        ca,
+        issuers,
         sinks,
         tokens: kube.as_ref().map(|k| k.token_issuer()),
         reload: kube.as_ref().map(|k| k.reload()),

@@ -19,6 +19,11 @@ pub mod kind {
     pub const BOOTSTRAP_TOKEN: &str = "bootstrap_token";
 }
 
+/// How `last_error` begins while a certificate's request awaits approval
+/// (a `kubernetes-csr` issuer whose CertificateSigningRequest nobody has
+/// approved yet): the state is then `awaiting-approval`, not `failing`.
+pub const AWAITING_APPROVAL: &str = "awaiting approval: ";
+
 /// A credential as stored.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct Credential {
@@ -76,6 +81,9 @@ pub enum State {
     NoExpiry,
     /// Revoked (bootstrap tokens).
     Revoked,
+    /// Its certificate request waits for someone to approve it
+    /// (`last_error` names the CertificateSigningRequest).
+    AwaitingApproval,
 }
 
 impl State {
@@ -88,6 +96,7 @@ impl State {
             Self::Pending => "pending",
             Self::NoExpiry => "no-expiry",
             Self::Revoked => "revoked",
+            Self::AwaitingApproval => "awaiting-approval",
         }
     }
 }
@@ -95,8 +104,14 @@ impl State {
 impl Credential {
     /// The state at `now`.
     pub fn state(&self, now: DateTime<Utc>) -> State {
+        let awaiting = self.failures > 0
+            && self
+                .last_error
+                .as_deref()
+                .is_some_and(|e| e.starts_with(AWAITING_APPROVAL));
         match self.not_after {
             Some(t) if t <= now => State::Expired,
+            _ if awaiting => State::AwaitingApproval,
             Some(_) if self.failures > 0 => State::Failing,
             Some(_) => State::Valid,
             None if self.managed => State::Pending,

@@ -569,10 +569,17 @@ impl Store {
         Ok(())
     }
 
-    /// The earliest future due time, to sleep until.
+    /// The earliest time a credential may be claimed, to sleep until: its
+    /// due time, or for one under a live lease (a rotation in flight, e.g.
+    /// a CSR waiting for its certificate) the end of that lease. Without
+    /// the lease, a due credential being rotated would make every idle
+    /// engine poll without pause for as long as the rotation takes.
     pub async fn next_due_at(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
         Ok(sqlx::query_scalar(
-            "SELECT min(next_rotation_at) FROM credentials WHERE managed AND removed_at IS NULL",
+            "SELECT min(CASE WHEN lease_expires_at > now()
+                             THEN greatest(next_rotation_at, lease_expires_at)
+                             ELSE next_rotation_at END)
+             FROM credentials WHERE managed AND removed_at IS NULL",
         )
         .fetch_one(self.pool())
         .await?)

@@ -152,12 +152,15 @@ fn tampered(token: &str, at: usize) -> String {
 #[tokio::test]
 async fn credentials_pages_cover_every_row_once_in_order() {
     let (db, _pki, serve, viewer) = server().await;
-    insert_credentials(&db, "cert/page/c-", 1234).await;
+    // 1,233 and the issuer's CA (ca/default, first by name): 1,234 rows.
+    insert_credentials(&db, "cert/page/c-", 1233).await;
     let url = format!("{}/v1/credentials", serve.url);
 
     let (items, pages) = walk(&viewer, &url, &[], 100, "credentials").await;
     let names = strings(&items, "name");
-    let expected: Vec<String> = (1..=1234).map(|i| format!("cert/page/c-{i:05}")).collect();
+    let expected: Vec<String> = std::iter::once("ca/default".to_string())
+        .chain((1..=1233).map(|i| format!("cert/page/c-{i:05}")))
+        .collect();
     assert_eq!(names, expected, "every row once, by name");
     assert_eq!(pages, 13, "12 full pages and one of 34");
     assert_eq!(items[0]["state"], "valid", "{}", items[0]);
@@ -283,7 +286,8 @@ async fn bad_limits_and_tokens_are_400_problems_on_every_list() {
         .await;
         assert_eq!(
             strings(&again.items, "name"),
-            ["cert/bad/c-00003", "cert/bad/c-00004"]
+            ["cert/bad/c-00002", "cert/bad/c-00003"],
+            "after ca/default and c-00001"
         );
     }
 
@@ -569,7 +573,9 @@ async fn a_list_begun_on_one_replica_continues_on_another() {
     .await;
     let mut names = strings(&first.items, "name");
     names.extend(strings(&rest.items, "name"));
-    let expected: Vec<String> = (1..=30).map(|i| format!("cert/ha/c-{i:05}")).collect();
+    let expected: Vec<String> = std::iter::once("ca/default".to_string())
+        .chain((1..=30).map(|i| format!("cert/ha/c-{i:05}")))
+        .collect();
     assert_eq!(names, expected);
     assert!(rest.next.is_none());
     let keys: i64 = sqlx::query_scalar("SELECT count(*) FROM api_paging_key")

@@ -206,7 +206,14 @@ async fn operator_rotates_now_and_a_new_version_is_published() {
                 .unwrap(),
         )
         .await;
-        list["credentials"][0]["current_version"].as_i64().unwrap()
+        list["credentials"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == WEB)
+            .unwrap()["current_version"]
+            .as_i64()
+            .unwrap()
     };
     assert_eq!(list_version().await, first);
     let r = client
@@ -397,8 +404,10 @@ async fn wait_true_answers_with_the_finished_rotation() {
     let (code, stdout, stderr) = outcome(&out);
     assert_eq!(code, 0, "{stderr}");
     let doc: Value = serde_json::from_str(&stdout).unwrap();
-    assert_eq!(doc["credentials"][0]["name"], WEB);
-    assert_eq!(doc["credentials"][0]["state"], "valid");
+    // ca/default (the issuer's CA) first, then the certificate.
+    assert_eq!(doc["credentials"][0]["name"], "ca/default");
+    assert_eq!(doc["credentials"][1]["name"], WEB);
+    assert_eq!(doc["credentials"][1]["state"], "valid");
     let local = run(rekey_integration::bin::rekey()
         .args(["status", "--json", "--database-url"])
         .arg(&db.url));

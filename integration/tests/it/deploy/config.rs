@@ -295,8 +295,14 @@ fn services_probes_policies_and_mounts_fit_the_config() {
         // Every file the config names is mounted from a Secret that has it.
         let mut server_files: Vec<&Path> =
             vec![config.database.url_file.as_deref().expect("url_file")];
-        if let Some(i) = &config.issuer {
-            server_files.extend([i.ca_cert.as_path(), i.ca_key.as_path()]);
+        let issuers = config.issuers();
+        for i in &issuers {
+            server_files.extend(
+                [&i.ca_cert, &i.ca_key]
+                    .into_iter()
+                    .flatten()
+                    .map(PathBuf::as_path),
+            );
         }
         server_files.extend(
             [&api.tls_cert, &api.tls_key, &api.client_ca]

@@ -159,7 +159,7 @@ async fn kill_dash_nine_mid_run_then_restart_converges() {
                     "SELECT
                        (SELECT count(*) FROM rotations WHERE status = 'running' AND started_at < $1),
                        (SELECT count(*) FROM credential_versions WHERE status = 'pending' AND created_at < $1),
-                       (SELECT count(*) FROM credentials WHERE current_version IS NULL),
+                       (SELECT count(*) FROM credentials WHERE current_version IS NULL AND managed),
                        (SELECT count(*) FROM credential_versions
                           WHERE status IN ('published', 'superseded') AND published_at > $1)",
                 )
@@ -191,7 +191,7 @@ async fn kill_dash_nine_mid_run_then_restart_converges() {
         server.log()
     );
     let lost: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM credentials WHERE next_rotation_at IS NULL AND removed_at IS NULL",
+        "SELECT count(*) FROM credentials WHERE next_rotation_at IS NULL AND removed_at IS NULL AND managed",
     )
     .fetch_one(s.db.pool())
     .await

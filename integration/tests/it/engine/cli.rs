@@ -241,7 +241,15 @@ async fn status_json_matches_the_database_and_exits_1_on_an_expired_scanned_cert
     let (code, stdout, err) = outcome(&out);
     assert_eq!(code, 0, "{err}");
     let doc: serde_json::Value = serde_json::from_str(&stdout).expect("status --json is JSON");
-    let rows = doc["credentials"].as_array().expect("credentials array");
+    let all = doc["credentials"].as_array().expect("credentials array");
+    // The issuer's CA is in the inventory too: tracked, not rotated.
+    let ca = all
+        .iter()
+        .find(|r| r["name"] == "ca/default")
+        .expect("ca/default");
+    assert_eq!(ca["state"], "valid", "{ca}");
+    assert!(ca["next_rotation_at"].is_null(), "{ca}");
+    let rows: Vec<_> = all.iter().filter(|r| r["name"] != "ca/default").collect();
     assert_eq!(rows.len(), 3);
     type Row = (
         String,
@@ -251,7 +259,7 @@ async fn status_json_matches_the_database_and_exits_1_on_an_expired_scanned_cert
         chrono::DateTime<Utc>,
     );
     let db: Vec<Row> = sqlx::query_as(
-        "SELECT name, kind, not_before, not_after, next_rotation_at FROM credentials ORDER BY name",
+        "SELECT name, kind, not_before, not_after, next_rotation_at FROM credentials WHERE managed ORDER BY name",
     )
     .fetch_all(s.db.pool())
     .await

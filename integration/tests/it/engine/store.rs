@@ -35,6 +35,7 @@ async fn fixture() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let spec = CertificateSpec {
         name: "cert/t/web".into(),
+        issuer: None,
         common_name: None,
         organizations: vec![],
         dns_names: vec!["web.t.svc".into()],
@@ -79,7 +80,7 @@ fn engine(f: &Fixture, replica: &str) -> Arc<Engine> {
         store: f.db.store.clone(),
         replica: replica.into(),
         config: EngineConfig::default(),
-        ca: Some(f.ca.clone()),
+        issuers: Arc::new(rekey::issue::Issuers::default_ca(f.ca.clone())),
         sinks: Default::default(),
         tokens: None,
         reload: None,
@@ -405,4 +406,30 @@ async fn a_replica_that_lost_its_lease_cannot_commit() {
         scalar_i64(&f, "SELECT current_version FROM credentials").await,
         winner
     );
+}
+
+#[tokio::test]
+async fn a_due_credential_under_a_live_lease_is_waited_for_not_polled() {
+    let f = fixture().await;
+    let store = &f.db.store;
+    make_due(&f).await;
+    let due = store.next_due_at().await.unwrap().expect("a due time");
+    assert!(due <= Utc::now(), "due now: {due}");
+    // Claimed (a rotation in flight, e.g. a CSR waiting to be signed): an
+    // idle engine sleeps until the lease ends, not 10 ms at a time.
+    let claimed = store.claim_due("busy", 10, 30.0).await.unwrap();
+    assert_eq!(claimed.len(), 1);
+    let lease_end: chrono::DateTime<Utc> =
+        sqlx::query_scalar("SELECT lease_expires_at FROM credentials")
+            .fetch_one(f.db.pool())
+            .await
+            .unwrap();
+    assert_eq!(store.next_due_at().await.unwrap(), Some(lease_end));
+    assert!(lease_end > Utc::now() + TimeDelta::seconds(20));
+    // The lease lapses (the replica died): due again at once.
+    sqlx::query("UPDATE credentials SET lease_expires_at = now() - interval '1 second'")
+        .execute(f.db.pool())
+        .await
+        .unwrap();
+    assert!(store.next_due_at().await.unwrap().unwrap() <= Utc::now());
 }

@@ -197,6 +197,41 @@ async fn every_request_is_allowed_and_every_permission_is_used() {
     .unwrap();
     assert_eq!(legacy::discover(&db.store, &client).await.unwrap(), 1);
 
+    // kubernetes-csr issuers: create the request, may rekey approve it (no:
+    // deploy/ grants no `approve`), get and watch it until someone approves.
+    {
+        use rekey::issue::{CertificateSpec, CsrRequest, CsrSigner};
+        let spec: CertificateSpec = serde_json::from_value(json!({
+            "name": "cert/ci/deployer", "common_name": "deployer", "usages": ["client"],
+            "lifetime": "1h", "sink": {"kind": "file", "dir": "/nonexistent"}
+        }))
+        .unwrap();
+        let signer =
+            rekey::k8s::csr_signer::KubeCsrSigner::new(client.clone(), "example.com/clients");
+        let req = |wait| CsrRequest {
+            spec: &spec,
+            version: 1,
+            now: chrono::Utc::now(),
+            wait,
+        };
+        let e = signer
+            .issue(req(Duration::from_millis(200)))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(e, rekey::issue::CsrError::AwaitingApproval { .. }),
+            "{e}"
+        );
+        let csr = k
+            .list("CertificateSigningRequest", None)
+            .into_iter()
+            .find(|c| c["spec"]["signerName"] == "example.com/clients")
+            .expect("the request");
+        k.approve_and_issue(csr["metadata"]["name"].as_str().unwrap())
+            .unwrap();
+        signer.issue(req(Duration::from_secs(5))).await.unwrap();
+    }
+
     // Admin API bearer tokens: TokenReview, then SubjectAccessReview.
     k.put(json!({"apiVersion": "v1", "kind": "ServiceAccount",
         "metadata": {"name": "api-caller", "namespace": "ci"}}))

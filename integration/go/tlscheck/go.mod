@@ -1,0 +1,3 @@
+module rekey.invalid/tlscheck
+
+go 1.19
