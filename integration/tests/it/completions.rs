@@ -11,6 +11,8 @@ fn commands(help: &str) -> Vec<String> {
         .skip_while(|l| l.trim() != "Commands:")
         .skip(1)
         .take_while(|l| l.starts_with("  "))
+        // A long description wraps onto lines indented further.
+        .filter(|l| !l.starts_with("   "))
         .filter_map(|l| l.split_whitespace().next())
         .filter(|c| *c != "help")
         .map(String::from)

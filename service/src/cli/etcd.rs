@@ -34,8 +34,10 @@ pub enum EtcdCommand {
     Verify(VerifyArgs),
     /// Write the configurations and commands of a write-key rotation.
     RotateKey(RotateKeyArgs),
-    /// Rewrite every object not stored under the current write key, through
-    /// the Kubernetes API (throttled, resumable, proven by a re-scan).
+    /// Rewrite objects stored under an old key, through the Kubernetes API.
+    ///
+    /// Every object not stored under the current write key is read and
+    /// written back unchanged (throttled, resumable, proven by a re-scan).
     Migrate(super::etcd_migrate::MigrateArgs),
 }
 
