@@ -38,6 +38,8 @@ fn spec(name: &str, dir: &std::path::Path) -> CertificateSpec {
         },
         adopt: false,
         reload: vec![],
+        probe: None,
+        probe_grace: None,
     }
 }
 
@@ -161,6 +163,8 @@ async fn bench_rotate(n: usize) {
         sinks: SinkContext::default(),
         tokens: None,
         reload: None,
+        bundles: None,
+        probes: None,
     });
     let mut events = engine.subscribe();
     let shutdown = tokio_util::sync::CancellationToken::new();

@@ -192,6 +192,8 @@ fn leaf(name: &str, cn: &str, usage: Usage) -> CertificateSpec {
         },
         adopt: false,
         reload: vec![],
+        probe: None,
+        probe_grace: None,
     }
 }
 

@@ -22,7 +22,10 @@ pub async fn metrics_response(state: &ApiState) -> Response {
     state.metrics.run_upkeep();
     let mut text = state.metrics.render();
     match tokio::time::timeout(SCRAPE_DB_TIMEOUT, state.store.list_credentials()).await {
-        Ok(Ok(creds)) => text.push_str(&credential_gauges(&creds)),
+        Ok(Ok(creds)) => {
+            text.push_str(&credential_gauges(&creds));
+            text.push_str(&consumer_gauges(&creds, Utc::now()));
+        }
         Ok(Err(e)) => tracing::warn!(error = %e, "credential gauges left out of /metrics"),
         Err(_) => tracing::warn!(
             "credential gauges left out of /metrics: the database did not answer in time"
@@ -109,6 +112,28 @@ pub fn credential_gauges(creds: &[Credential]) -> String {
     out
 }
 
+/// `rekey_consumer_stale{name}`: for each certificate with a `probe`, 1
+/// while it is `stale-consumer` (its consumer still serves an older version
+/// `probe_grace` after the current one was published), else 0. From the
+/// inventory at scrape time, like the credential gauges.
+pub fn consumer_gauges(creds: &[Credential], now: DateTime<Utc>) -> String {
+    use std::fmt::Write;
+    let metric = "rekey_consumer_stale";
+    let mut out = format!(
+        "# HELP {metric} 1 while the probed consumer of a certificate still serves an older version probe_grace after the current one was published.\n# TYPE {metric} gauge\n"
+    );
+    for c in creds.iter().filter(|c| c.spec.get("probe").is_some()) {
+        let stale = c.state(now) == crate::store::credentials::State::StaleConsumer;
+        let _ = writeln!(
+            out,
+            "{metric}{{name=\"{}\"}} {}",
+            escape_label(&c.name),
+            u8::from(stale)
+        );
+    }
+    out
+}
+
 /// `rekey_backup_latest_completed_timestamp_seconds` from the `backups` table
 /// (nothing before the first completed backup).
 pub fn backup_gauge(latest: Option<DateTime<Utc>>) -> String {
@@ -149,6 +174,7 @@ mod tests {
             lease_owner: None,
             created_at: now,
             updated_at: now,
+            observed: Default::default(),
         };
         let mut issued = c("cert/a\"b", Some(now));
         issued.not_before = Some(now - chrono::TimeDelta::hours(1));
@@ -174,6 +200,60 @@ mod tests {
             "rekey_credential_rotation_failures{name=\"cert/pending\",kind=\"certificate\"} 0"
         ));
         assert!(!text.contains("rekey_credential_not_before_seconds{name=\"cert/pending\""));
+    }
+
+    #[test]
+    fn consumer_gauge_for_probed_certificates_only() {
+        let now = DateTime::from_timestamp(1_700_000_000, 0).unwrap();
+        let c = |name: &str, probe: bool, stale_at: Option<DateTime<Utc>>| Credential {
+            id: 1,
+            name: name.into(),
+            kind: "certificate".into(),
+            source: "config".into(),
+            managed: true,
+            spec: if probe {
+                serde_json::json!({"probe": "web:443"})
+            } else {
+                serde_json::json!({})
+            },
+            sink: serde_json::json!({}),
+            schedule: None,
+            not_before: Some(now),
+            not_after: Some(now + chrono::TimeDelta::hours(1)),
+            current_version: Some(1),
+            next_rotation_at: None,
+            next_rotation_reason: None,
+            failures: 0,
+            last_error: None,
+            lease_owner: None,
+            created_at: now,
+            updated_at: now,
+            observed: crate::store::credentials::Observed {
+                stale_consumer_at: stale_at,
+                ..Default::default()
+            },
+        };
+        let text = consumer_gauges(
+            &[
+                c("cert/stale", true, Some(now)),
+                c(
+                    "cert/in-grace",
+                    true,
+                    Some(now + chrono::TimeDelta::minutes(1)),
+                ),
+                c("cert/unprobed", false, None),
+            ],
+            now,
+        );
+        assert!(
+            text.contains("rekey_consumer_stale{name=\"cert/stale\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("rekey_consumer_stale{name=\"cert/in-grace\"} 0\n"),
+            "{text}"
+        );
+        assert!(!text.contains("cert/unprobed"), "{text}");
     }
 
     #[test]

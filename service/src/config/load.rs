@@ -114,8 +114,15 @@ impl Config {
             fix(&mut i.ca_key);
         }
         for c in &mut self.certificates {
-            if let SinkSpec::File { dir } = &mut c.sink {
-                fix(dir);
+            match &mut c.sink {
+                SinkSpec::File { dir } => fix(dir),
+                SinkSpec::Kubeconfig { path, .. } => fix(path),
+                SinkSpec::KubernetesSecret { .. } => {}
+            }
+        }
+        for b in &mut self.bundles {
+            if let crate::sink::trust::BundleSinkSpec::File { path } = &mut b.sink {
+                fix(path);
             }
         }
         for t in &mut self.tokens {

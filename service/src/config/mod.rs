@@ -60,6 +60,9 @@ pub struct Config {
     /// Service-account tokens rekey requests and rotates.
     #[serde(default, rename = "token")]
     pub tokens: Vec<TokenSpec>,
+    /// Trust bundles published alone (`[[bundle]]`), for consumers that only verify.
+    #[serde(default, rename = "bundle")]
+    pub bundles: Vec<sink::trust::BundleTargetSpec>,
     /// Directories of certificates rekey did not issue, tracked for expiry.
     #[serde(default, rename = "scan")]
     pub scans: Vec<ScanConfig>,
@@ -98,6 +101,37 @@ impl Config {
             t.validate(token_floor).map_err(within(&at))?;
             unique_sink(&at, &t.sink, &mut sinks)?;
         }
+        let mut bundle_names = HashSet::new();
+        let mut bundle_sinks = HashSet::new();
+        for (i, b) in self.bundles.iter().enumerate() {
+            let at = format!("bundle[{i}]");
+            b.validate().map_err(within(&at))?;
+            if !bundle_names.insert(b.name.as_str()) {
+                return Err(ConfigError::new(
+                    format!("{at}.name"),
+                    format!("duplicate bundle name `{}`", b.name),
+                ));
+            }
+            if !bundle_sinks.insert(&b.sink) {
+                return Err(ConfigError::new(
+                    format!("{at}.sink"),
+                    "another bundle already publishes to this place",
+                ));
+            }
+            if !self.issuer_names().contains(&b.issuer.as_str()) {
+                return Err(ConfigError::new(
+                    format!("{at}.issuer"),
+                    format!(
+                        "no issuer named `{}` (issuers: {})",
+                        b.issuer,
+                        match self.issuer_names().as_slice() {
+                            [] => "none: add [issuer]".to_string(),
+                            names => names.join(", "),
+                        }
+                    ),
+                ));
+            }
+        }
         for (i, s) in self.scans.iter().enumerate() {
             s.validate().map_err(within(&format!("scan[{i}]")))?;
         }
@@ -116,13 +150,25 @@ impl Config {
         Ok(())
     }
 
+    /// The names of the configured issuers (`[issuer]` is `default`).
+    pub fn issuer_names(&self) -> Vec<&str> {
+        self.issuer
+            .iter()
+            .map(|_| crate::issue::DEFAULT_ISSUER)
+            .collect()
+    }
+
     /// Whether the service needs the Kubernetes API: `[kubernetes]`, a
-    /// kubernetes-secret sink, a `[[token]]`, consumers to reload, or
-    /// `[bootstrap_tokens]`.
+    /// kubernetes-secret sink, a `[[token]]`, consumers to reload,
+    /// `[bootstrap_tokens]`, or a ConfigMap `[[bundle]]`.
     pub fn needs_kubernetes(&self) -> bool {
         self.kubernetes.is_some()
             || self.bootstrap_tokens.is_some()
             || !self.tokens.is_empty()
+            || self
+                .bundles
+                .iter()
+                .any(|b| matches!(b.sink, sink::trust::BundleSinkSpec::ConfigMap { .. }))
             || self.certificates.iter().any(|c| {
                 matches!(c.sink, sink::SinkSpec::KubernetesSecret { .. }) || !c.reload.is_empty()
             })

@@ -13,12 +13,13 @@ use super::{
     error::StepError,
     events::{EventOutcome, RotationEvent},
     item::{Issued, Item, Spec},
+    probe::Prober,
     reconcile::reconcile,
     settings::EngineConfig,
     tokens::{Reload, TokenIssuer},
 };
 use crate::{
-    issue::CertAuthority,
+    issue::{CertAuthority, DEFAULT_ISSUER, TrustBundle, TrustBundles},
     schedule::Jitter,
     sink::{self, Material, Publication, Sink, SinkContext},
     store::{
@@ -45,6 +46,11 @@ pub struct EngineDeps {
     pub tokens: Option<Arc<dyn TokenIssuer>>,
     /// Consumer workload restarts after publishing.
     pub reload: Option<Arc<dyn Reload>>,
+    /// The trust bundle of each issuer, for `ca.crt` (None: the CA
+    /// certificate alone, today's single issuer).
+    pub bundles: Option<Arc<dyn TrustBundles>>,
+    /// Consumer probes after publishing (certificates with `probe`).
+    pub probes: Option<Arc<Prober>>,
 }
 
 /// Rotates claimed batches; shared by the engine's in-flight tasks.
@@ -246,23 +252,30 @@ impl Rotator {
                     return Some(Err(StepError::NoCa));
                 };
                 let c = c.clone();
+                let bundle = self.bundle_of(DEFAULT_ISSUER, &ca);
                 match tokio::task::spawn_blocking(move || ca.issue(&c, now)).await {
-                    Ok(Ok(cert)) => Ok(Issued {
-                        facts: VersionFacts {
-                            version_id,
-                            credential_id,
-                            fingerprint: cert.fingerprint,
-                            serial: Some(cert.serial),
-                            not_before: cert.not_before,
-                            not_after: cert.not_after,
-                            details: serde_json::json!({}),
-                        },
-                        material: Some(Material::Certificate {
-                            chain_pem: format!("{}{}", cert.cert_pem, cert.ca_pem),
-                            key_pem: cert.key_pem,
-                            ca_pem: cert.ca_pem,
-                        }),
-                    }),
+                    Ok(Ok(cert)) => {
+                        let (ca_pem, bundle_fingerprint) = match &bundle {
+                            Some(b) => (b.pem().to_string(), Some(b.fingerprint().to_string())),
+                            None => (cert.ca_pem.clone(), None),
+                        };
+                        Ok(Issued {
+                            facts: VersionFacts {
+                                version_id,
+                                credential_id,
+                                fingerprint: cert.fingerprint,
+                                serial: Some(cert.serial),
+                                not_before: cert.not_before,
+                                not_after: cert.not_after,
+                                details: serde_json::json!({ "bundle_fingerprint": bundle_fingerprint }),
+                            },
+                            material: Some(Material::Certificate {
+                                chain_pem: format!("{}{}", cert.cert_pem, cert.ca_pem),
+                                key_pem: cert.key_pem,
+                                ca_pem,
+                            }),
+                        })
+                    }
                     Ok(Err(e)) => Err(StepError::Issue(e)),
                     Err(e) => Err(StepError::IssuingThread(e)),
                 }
@@ -286,6 +299,15 @@ impl Rotator {
                 },
             },
         })
+    }
+
+    /// The trust bundle a certificate of `issuer` publishes in `ca.crt`: the
+    /// configured source's, else the CA certificate alone.
+    fn bundle_of(&self, issuer: &str, ca: &CertAuthority) -> Option<TrustBundle> {
+        match &self.deps.bundles {
+            Some(b) => b.bundle(issuer),
+            None => TrustBundle::from_pem(ca.cert_pem()).ok(),
+        }
     }
 
     /// Commits `successes` in one transaction with their audit records and
@@ -347,6 +369,12 @@ impl Rotator {
                         error: None,
                         duration_ms: elapsed.as_millis() as u64,
                     });
+                    if let (Some(probes), Some(Spec::Certificate(c))) =
+                        (&self.deps.probes, &item.spec)
+                        && c.probe.is_some()
+                    {
+                        probes.after_publish(item.claimed.name.clone());
+                    }
                     if outcome == EventOutcome::Succeeded
                         && let (Some(reload), Some(spec)) = (&self.deps.reload, &item.spec)
                         && !spec.reload().is_empty()

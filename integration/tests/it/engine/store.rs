@@ -46,6 +46,8 @@ async fn fixture() -> Fixture {
         },
         adopt: false,
         reload: vec![],
+        probe: None,
+        probe_grace: None,
     };
     db.store
         .sync_declared(
@@ -79,6 +81,8 @@ fn engine(f: &Fixture, replica: &str) -> Arc<Engine> {
         sinks: Default::default(),
         tokens: None,
         reload: None,
+        bundles: None,
+        probes: None,
     })
 }
 
