@@ -13,6 +13,7 @@
 //! architecture   the code map of service/src held to ARCHITECTURE.md
 //! crash_points   an abort at every crash point converges after restart
 //! deploy         the manifests in deploy/ and the image's binary
+//! sinks/         file sink atomicity, trust bundles, kubeconfig, consumer probes
 //! fuzz_corpus_replay, ha, leader, outages, secret_hygiene, store
 //! ```
 //!
@@ -37,4 +38,5 @@ mod kube;
 mod leader;
 mod outages;
 mod secret_hygiene;
+mod sinks;
 mod store;
