@@ -5,6 +5,12 @@
 //!
 //! - no name a consumer opens (`tls.crt`, `tls.key`, `ca.crt`,
 //!   `.rekey-version`) is ever missing, not even during the upgrade;
+//!   one exception is inherent in the layout (the kubelet's has it too):
+//!   a lookup that resolved `..data` and then stalled while two more
+//!   publishes ran (the second removes the directory it resolved). The
+//!   writer counts publishes started and finished, so a missing name is
+//!   excused only when at least two publishes started after the last one
+//!   that had finished before the read began; anything else fails;
 //! - a reader that resolves `..data` once and reads inside that directory
 //!   never sees a key beside another version's certificate;
 //! - a reader that reads the top-level paths and checks `.rekey-version`
@@ -20,7 +26,7 @@ use std::{
     path::{Path, PathBuf},
     sync::{
         Arc,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
 };
 
@@ -46,8 +52,51 @@ fn pair_matches(crt_pem: &[u8], key_pem: &[u8]) -> bool {
     cert.public_key().subject_public_key.data.as_ref() == rcgen::PublicKeyData::der_bytes(&key)
 }
 
-fn must_read(path: &Path) -> Vec<u8> {
-    std::fs::read(path).unwrap_or_else(|e| panic!("{} missing or unreadable: {e}", path.display()))
+/// Publishes (certificate or bundle) the writer started and finished.
+#[derive(Debug, Default)]
+struct Publishes {
+    started: AtomicU64,
+    finished: AtomicU64,
+}
+
+impl Publishes {
+    /// Runs one publish, counted.
+    fn run<T>(&self, publish: impl FnOnce() -> T) -> T {
+        self.started.fetch_add(1, Ordering::SeqCst);
+        let out = publish();
+        self.finished.fetch_add(1, Ordering::SeqCst);
+        out
+    }
+
+    /// Taken before a read begins.
+    fn before_read(&self) -> u64 {
+        self.finished.load(Ordering::SeqCst)
+    }
+
+    /// Whether a name missing now can only be a lookup that stalled across
+    /// two publishes: a directory current when the read began is removed
+    /// by the second publish after the one that replaced it, and neither
+    /// had finished when the read began.
+    fn two_started_since(&self, before: u64) -> bool {
+        self.started.load(Ordering::SeqCst) >= before + 2
+    }
+}
+
+/// Reads `path`; `None` when it is missing because the lookup stalled
+/// across two publishes (see [`Publishes::two_started_since`]).
+fn must_read(path: &Path, publishes: &Publishes, before: u64) -> Option<Vec<u8>> {
+    match std::fs::read(path) {
+        Ok(b) => Some(b),
+        Err(e)
+            if e.kind() == std::io::ErrorKind::NotFound && publishes.two_started_since(before) =>
+        {
+            None
+        }
+        Err(e) => panic!(
+            "{} missing or unreadable with at most one publish since the read began: {e}",
+            path.display()
+        ),
+    }
 }
 
 #[derive(Debug, Default)]
@@ -56,18 +105,26 @@ struct TopLevel {
     consistent: u64,
     straddled: u64,
     torn_when_straddled: u64,
+    stalled: u64,
     versions: BTreeSet<String>,
 }
 
 /// Reads the top-level paths, as a consumer does, with the marker check.
-fn top_level_reader(dir: PathBuf, stop: Arc<AtomicBool>) -> TopLevel {
+fn top_level_reader(dir: PathBuf, stop: Arc<AtomicBool>, publishes: Arc<Publishes>) -> TopLevel {
     let mut r = TopLevel::default();
     while !stop.load(Ordering::Relaxed) {
-        let v1 = must_read(&dir.join(".rekey-version"));
-        let crt = must_read(&dir.join("tls.crt"));
-        let key = must_read(&dir.join("tls.key"));
-        let ca = must_read(&dir.join("ca.crt"));
-        let v2 = must_read(&dir.join(".rekey-version"));
+        let before = publishes.before_read();
+        let read = |name: &str| must_read(&dir.join(name), &publishes, before);
+        let (Some(v1), Some(crt), Some(key), Some(ca), Some(v2)) = (
+            read(".rekey-version"),
+            read("tls.crt"),
+            read("tls.key"),
+            read("ca.crt"),
+            read(".rekey-version"),
+        ) else {
+            r.stalled += 1;
+            continue;
+        };
         assert!(ca.starts_with(b"-----BEGIN"), "ca.crt is a bundle");
         r.reads += 1;
         if v1 == v2 {
@@ -97,9 +154,10 @@ struct Resolving {
 }
 
 /// Resolves `..data` once per read and reads inside that directory.
-fn resolving_reader(dir: PathBuf, stop: Arc<AtomicBool>) -> Resolving {
+fn resolving_reader(dir: PathBuf, stop: Arc<AtomicBool>, publishes: Arc<Publishes>) -> Resolving {
     let mut r = Resolving::default();
     while !stop.load(Ordering::Relaxed) {
+        let before = publishes.before_read();
         let target = std::fs::read_link(dir.join("..data"))
             .expect("..data is always there once the sink is upgraded");
         let data = dir.join(&target);
@@ -110,13 +168,12 @@ fn resolving_reader(dir: PathBuf, stop: Arc<AtomicBool>) -> Resolving {
         let (crt, key) = match files {
             (Ok(c), Ok(k)) => (c, k),
             (a, b) => {
-                // Only possible if at least two publishes removed the
-                // directory while this reader was descheduled.
-                let now = std::fs::read_link(dir.join("..data")).unwrap();
-                assert_ne!(
-                    now,
-                    target,
-                    "a file of the current data directory is missing: {:?} {:?}",
+                // Only possible if two more publishes ran while this reader
+                // was descheduled: the second removes the directory.
+                assert!(
+                    publishes.two_started_since(before),
+                    "a file of {} is missing with at most one publish since: {:?} {:?}",
+                    target.display(),
                     a.err(),
                     b.err()
                 );
@@ -165,9 +222,11 @@ fn readers_never_see_a_torn_pair_or_a_missing_file_across_hundreds_of_rotations(
     std::fs::write(dir.join(".rekey-version"), "1\n").unwrap();
 
     let stop = Arc::new(AtomicBool::new(false));
+    let publishes = Arc::new(Publishes::default());
     let top = {
         let (dir, stop) = (dir.clone(), stop.clone());
-        std::thread::spawn(move || top_level_reader(dir, stop))
+        let publishes = publishes.clone();
+        std::thread::spawn(move || top_level_reader(dir, stop, publishes))
     };
     let sink = FileSink::new(dir.clone());
     let bundle_both =
@@ -176,24 +235,32 @@ fn readers_never_see_a_torn_pair_or_a_missing_file_across_hundreds_of_rotations(
     let mut republished = 0;
     for version in 2..=ROTATIONS + 1 {
         let (m, not_after) = fixtures::tls_material(&ca, "web.torn.svc");
-        sink.publish_blocking(&Publication {
-            credential: "cert/torn/web",
-            version,
-            not_after,
-            material: &m,
-            adopt: false,
-        })
-        .unwrap();
-        if resolving.is_none() {
-            let (dir, stop) = (dir.clone(), stop.clone());
-            resolving = Some(std::thread::spawn(move || resolving_reader(dir, stop)));
-        }
-        if version % 25 == 0 {
-            let outcome = sink
-                .publish_bundle_blocking(&BundleUpdate {
+        publishes
+            .run(|| {
+                sink.publish_blocking(&Publication {
                     credential: "cert/torn/web",
                     version,
-                    bundle: &bundle_both,
+                    not_after,
+                    material: &m,
+                    adopt: false,
+                })
+            })
+            .unwrap();
+        if resolving.is_none() {
+            let (dir, stop) = (dir.clone(), stop.clone());
+            let publishes = publishes.clone();
+            resolving = Some(std::thread::spawn(move || {
+                resolving_reader(dir, stop, publishes)
+            }));
+        }
+        if version % 25 == 0 {
+            let outcome = publishes
+                .run(|| {
+                    sink.publish_bundle_blocking(&BundleUpdate {
+                        credential: "cert/torn/web",
+                        version,
+                        bundle: &bundle_both,
+                    })
                 })
                 .unwrap();
             assert_eq!(outcome, BundleOutcome::Published);
@@ -210,6 +277,8 @@ fn readers_never_see_a_torn_pair_or_a_missing_file_across_hundreds_of_rotations(
         resolving.data_dirs.len(),
         resolving.retried
     );
+    // A lookup stalled across two publishes is rare, not the rule.
+    assert!(top.stalled * 100 < top.reads, "{top:?}");
     // It looked: thousands of reads over many versions.
     assert!(
         top.consistent > ROTATIONS as u64 && top.versions.len() >= 10,
