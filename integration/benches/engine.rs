@@ -39,6 +39,8 @@ fn spec(name: &str, dir: &std::path::Path) -> CertificateSpec {
         },
         adopt: false,
         reload: vec![],
+        probe: None,
+        probe_grace: None,
     }
 }
 
@@ -162,6 +164,7 @@ async fn bench_rotate(n: usize) {
         sinks: SinkContext::default(),
         tokens: None,
         reload: None,
+        probes: None,
     });
     let mut events = engine.subscribe();
     let shutdown = tokio_util::sync::CancellationToken::new();

@@ -193,6 +193,8 @@ fn leaf(name: &str, cn: &str, usage: Usage) -> CertificateSpec {
         },
         adopt: false,
         reload: vec![],
+        probe: None,
+        probe_grace: None,
     }
 }
 

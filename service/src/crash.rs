@@ -23,7 +23,7 @@ pub const POINTS: &[(&str, &str)] = &[
     ),
     (
         "sink-mid-publish",
-        "rotation: file sink half replaced (new tls.key, old tls.crt)",
+        "rotation: file sink's new data directory written, ..data not yet swapped",
     ),
     (
         "engine-after-publish",

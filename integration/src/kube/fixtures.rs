@@ -35,6 +35,8 @@ pub fn tls_material(ca: &CertAuthority, dns: &str) -> (Material, chrono::DateTim
         },
         adopt: false,
         reload: vec![],
+        probe: None,
+        probe_grace: None,
     };
     let leaf = ca
         .issue(&spec, Utc::now())

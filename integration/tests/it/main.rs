@@ -16,6 +16,7 @@
 //! crash_points   an abort at every crash point converges after restart
 //! deploy         the manifests in deploy/ and the image's binary
 //! quiet          read-only commands print their result, nothing on stderr
+//! sinks/         file sink atomicity, trust bundles, kubeconfig, consumer probes
 //! fuzz_corpus_replay, ha, leader, outages, secret_hygiene, store
 //! ```
 //!
@@ -43,4 +44,5 @@ mod leader;
 mod outages;
 mod quiet;
 mod secret_hygiene;
+mod sinks;
 mod store;

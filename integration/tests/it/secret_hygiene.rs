@@ -98,6 +98,28 @@ fn add_pem_files(scanner: &mut Scanner, dir: &Path, seen: &mut BTreeSet<String>)
     keys
 }
 
+/// Adds the private key embedded in the kubeconfig at `path`
+/// (`client-key-data`) as a secret; returns it, `None` while there is none.
+fn add_kubeconfig_key(
+    scanner: &mut Scanner,
+    path: &Path,
+    seen: &mut BTreeSet<String>,
+) -> Option<String> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let value = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("client-key-data:"))?;
+    let pem = String::from_utf8(B64.decode(value.trim().trim_matches('"')).ok()?).ok()?;
+    assert!(
+        pem.contains("PRIVATE KEY-----"),
+        "client-key-data holds no key"
+    );
+    if seen.insert(pem.clone()) {
+        scanner.add_pem(&format!("{} client-key-data", path.display()), &pem);
+    }
+    Some(pem)
+}
+
 /// The backup's data key, unwrapped here from the header with the KEK
 /// (docs/backup-format.md), independently of rekey's code.
 fn data_key(object: &[u8], kek: &[u8]) -> Vec<u8> {
@@ -302,6 +324,14 @@ async fn serve_rotations_and_database_errors_leak_no_key_or_password() {
             s.path(&format!("sinks/{k}")).display()
         ));
     }
+    // A kubeconfig sink: the key is embedded (base64) in a YAML file.
+    let kubeconfig = s.path("sinks/kubeconfig/conf");
+    config.push_str(&format!(
+        "[[certificate]]\nname = \"cert/hygiene/kubeconfig\"\ncommon_name = \"hygiene\"\nusages = [\"client\"]\n\
+         lifetime = \"10s\"\nrenew_fraction = 0.5\n\
+         sink = {{ kind = \"kubeconfig\", path = \"{}\", server = \"https://api:6443\" }}\n\n",
+        kubeconfig.display()
+    ));
     let config = s.write_config("rekey.toml", &config);
     let mut scanner = Scanner::new();
     scanner.add("database password", password.as_bytes());
@@ -316,20 +346,26 @@ async fn serve_rotations_and_database_errors_leak_no_key_or_password() {
         // every certificate was issued and rotated, for at most 25 s.
         let started = Instant::now();
         let mut versions = BTreeSet::new();
-        while started.elapsed() < Duration::from_secs(25) && versions.len() < kinds.len() * 2 {
+        let mut kubeconfig_keys = BTreeSet::new();
+        while started.elapsed() < Duration::from_secs(25)
+            && (versions.len() < kinds.len() * 2 || kubeconfig_keys.len() < 2)
+        {
             for k in kinds {
                 if let Some(snap) = read_sink(&s.path(&format!("sinks/{k}"))) {
                     versions.insert((k, snap.version));
                 }
             }
             add_pem_files(&mut scanner, s.dir.path(), &mut seen);
+            kubeconfig_keys.extend(add_kubeconfig_key(&mut scanner, &kubeconfig, &mut seen));
             std::thread::sleep(Duration::from_millis(100));
         }
         server.terminate(Duration::from_secs(20));
         let log = std::fs::read(&server.log).unwrap();
         assert!(
-            versions.len() >= kinds.len() * 2,
-            "expected every certificate issued and rotated ({format} logs), saw {versions:?}:\n{}",
+            versions.len() >= kinds.len() * 2 && kubeconfig_keys.len() >= 2,
+            "expected every certificate issued and rotated ({format} logs), saw {versions:?} \
+             and {} kubeconfig keys:\n{}",
+            kubeconfig_keys.len(),
             String::from_utf8_lossy(&log)
         );
         captured.keep(&format!("rekey serve ({format} logs)"), log);

@@ -72,6 +72,8 @@ fn leaf_spec(cn: &str, usage: Usage, dns: Vec<String>, dir: PathBuf) -> Certific
         sink: SinkSpec::File { dir },
         adopt: false,
         reload: vec![],
+        probe: None,
+        probe_grace: None,
     }
 }
 

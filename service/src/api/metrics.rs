@@ -23,7 +23,11 @@ pub async fn metrics_response(state: &ApiState) -> Response {
     state.metrics.run_upkeep();
     let mut text = state.metrics.render();
     match tokio::time::timeout(SCRAPE_DB_TIMEOUT, state.store.list_credentials()).await {
-        Ok(Ok(creds)) => text.push_str(&credential_gauges(&creds, Utc::now())),
+        Ok(Ok(creds)) => {
+            let now = Utc::now();
+            text.push_str(&credential_gauges(&creds, now));
+            text.push_str(&consumer_gauges(&creds, now));
+        }
         Ok(Err(e)) => tracing::warn!(error = %e, "credential gauges left out of /metrics"),
         Err(_) => tracing::warn!(
             "credential gauges left out of /metrics: the database did not answer in time"
@@ -134,14 +138,38 @@ pub fn credential_gauges(creds: &[Credential], now: DateTime<Utc>) -> String {
 }
 
 /// Every state `rekey_credentials` reports, zeros included.
-const STATES: [State; 6] = [
+const STATES: [State; 8] = [
     State::Valid,
     State::Expired,
     State::Failing,
     State::Pending,
     State::NoExpiry,
     State::Revoked,
+    State::AwaitingApproval,
+    State::StaleConsumer,
 ];
+
+/// `rekey_consumer_stale{name}`: for each certificate with a `probe`, 1
+/// while it is `stale-consumer` (its consumer still serves an older version
+/// `probe_grace` after the current one was published), else 0. From the
+/// inventory at scrape time, like the credential gauges.
+pub fn consumer_gauges(creds: &[Credential], now: DateTime<Utc>) -> String {
+    use std::fmt::Write;
+    let metric = "rekey_consumer_stale";
+    let mut out = format!(
+        "# HELP {metric} 1 while the probed consumer of a certificate still serves an older version probe_grace after the current one was published.\n# TYPE {metric} gauge\n"
+    );
+    for c in creds.iter().filter(|c| c.spec.get("probe").is_some()) {
+        let stale = c.state(now) == crate::store::credentials::State::StaleConsumer;
+        let _ = writeln!(
+            out,
+            "{metric}{{name=\"{}\"}} {}",
+            escape_label(&c.name),
+            u8::from(stale)
+        );
+    }
+    out
+}
 
 /// `rekey_backup_latest_completed_timestamp_seconds` and
 /// `rekey_backup_latest_completed_bytes` from the `backups` table (nothing
@@ -193,6 +221,7 @@ mod tests {
             lease_owner: None,
             created_at: now,
             updated_at: now,
+            observed: Default::default(),
         };
         let mut issued = c("cert/a\"b", Some(now));
         issued.not_before = Some(now - chrono::TimeDelta::hours(1));
@@ -235,6 +264,60 @@ mod tests {
             !text.contains("kind=\"bootstrap_token\""),
             "no kind without credentials"
         );
+    }
+
+    #[test]
+    fn consumer_gauge_for_probed_certificates_only() {
+        let now = DateTime::from_timestamp(1_700_000_000, 0).unwrap();
+        let c = |name: &str, probe: bool, stale_at: Option<DateTime<Utc>>| Credential {
+            id: 1,
+            name: name.into(),
+            kind: "certificate".into(),
+            source: "config".into(),
+            managed: true,
+            spec: if probe {
+                serde_json::json!({"probe": "web:443"})
+            } else {
+                serde_json::json!({})
+            },
+            sink: serde_json::json!({}),
+            schedule: None,
+            not_before: Some(now),
+            not_after: Some(now + chrono::TimeDelta::hours(1)),
+            current_version: Some(1),
+            next_rotation_at: None,
+            next_rotation_reason: None,
+            failures: 0,
+            last_error: None,
+            lease_owner: None,
+            created_at: now,
+            updated_at: now,
+            observed: crate::store::credentials::Observed {
+                stale_consumer_at: stale_at,
+                ..Default::default()
+            },
+        };
+        let text = consumer_gauges(
+            &[
+                c("cert/stale", true, Some(now)),
+                c(
+                    "cert/in-grace",
+                    true,
+                    Some(now + chrono::TimeDelta::minutes(1)),
+                ),
+                c("cert/unprobed", false, None),
+            ],
+            now,
+        );
+        assert!(
+            text.contains("rekey_consumer_stale{name=\"cert/stale\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("rekey_consumer_stale{name=\"cert/in-grace\"} 0\n"),
+            "{text}"
+        );
+        assert!(!text.contains("cert/unprobed"), "{text}");
     }
 
     #[test]

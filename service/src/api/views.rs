@@ -22,7 +22,7 @@ pub struct CredentialSummary {
     pub name: String,
     /// `certificate`, `service_account_token` or `bootstrap_token`.
     pub kind: String,
-    /// `valid`, `expired`, `failing`, `pending`, `no-expiry`, `revoked` or
+    /// `valid`, `expired`, `failing`, `stale-consumer`, `pending`, `no-expiry`, `revoked` or
     /// `awaiting-approval` (its certificate request waits for approval).
     pub state: String,
     /// Start of the current version's validity.
@@ -48,6 +48,16 @@ pub struct CredentialSummary {
     pub failures: i32,
     /// The last rotation error, while failing.
     pub last_error: Option<String>,
+    /// sha256 (hex) of the leaf the probed consumer served at the last probe.
+    #[serde(default)]
+    pub served_fingerprint: Option<String>,
+    /// When the probe saw it.
+    #[serde(default, serialize_with = "rfc3339::option")]
+    pub served_checked_at: Option<DateTime<Utc>>,
+    /// When the credential turns `stale-consumer` unless the consumer serves
+    /// the current version first (null: it does, or no probe).
+    #[serde(default, serialize_with = "rfc3339::option")]
+    pub stale_consumer_at: Option<DateTime<Utc>>,
 }
 
 impl CredentialSummary {
@@ -68,6 +78,9 @@ impl CredentialSummary {
             current_version: c.current_version,
             failures: c.failures,
             last_error: c.last_error,
+            served_fingerprint: c.observed.served_fingerprint,
+            served_checked_at: c.observed.served_checked_at,
+            stale_consumer_at: c.observed.stale_consumer_at,
         }
     }
 
@@ -93,6 +106,12 @@ impl CredentialSummary {
             lease_owner: None,
             created_at: stamp,
             updated_at: stamp,
+            observed: crate::store::credentials::Observed {
+                served_fingerprint: self.served_fingerprint.clone(),
+                served_checked_at: self.served_checked_at,
+                stale_consumer_at: self.stale_consumer_at,
+                ..Default::default()
+            },
         }
     }
 }
@@ -126,7 +145,7 @@ pub struct CredentialView {
     pub name: String,
     /// `certificate`, `service_account_token` or `bootstrap_token`.
     pub kind: String,
-    /// `valid`, `expired`, `failing`, `pending`, `no-expiry`, `revoked` or
+    /// `valid`, `expired`, `failing`, `stale-consumer`, `pending`, `no-expiry`, `revoked` or
     /// `awaiting-approval` (its certificate request waits for approval).
     pub state: String,
     /// Start of the current version's validity.
@@ -159,6 +178,32 @@ pub struct CredentialView {
     pub created_at: DateTime<Utc>,
     /// Last change.
     pub updated_at: DateTime<Utc>,
+    /// Fingerprint of the trust bundle the sink holds (sha256 of the sorted
+    /// sha256 digests of its CA certificates).
+    #[serde(default)]
+    pub bundle_fingerprint: Option<String>,
+    /// When rekey wrote (or found) that bundle in the sink.
+    #[serde(default)]
+    pub bundle_published_at: Option<DateTime<Utc>>,
+    /// sha256 (hex) of the leaf the probed consumer served at the last successful probe.
+    #[serde(default)]
+    pub served_fingerprint: Option<String>,
+    /// When the probe saw it.
+    #[serde(default)]
+    pub served_checked_at: Option<DateTime<Utc>>,
+    /// Authority Key Identifier (hex) of that leaf: the CA that signed it.
+    #[serde(default)]
+    pub served_issuer_key_id: Option<String>,
+    /// The last probe attempt.
+    #[serde(default)]
+    pub probed_at: Option<DateTime<Utc>>,
+    /// Why the last probe failed, while probes fail.
+    #[serde(default)]
+    pub probe_error: Option<String>,
+    /// When the credential turns `stale-consumer` unless the consumer serves
+    /// the current version first.
+    #[serde(default)]
+    pub stale_consumer_at: Option<DateTime<Utc>>,
 }
 
 impl CredentialView {
@@ -182,6 +227,14 @@ impl CredentialView {
             sink: c.sink,
             created_at: c.created_at,
             updated_at: c.updated_at,
+            bundle_fingerprint: c.observed.bundle_fingerprint,
+            bundle_published_at: c.observed.bundle_published_at,
+            served_fingerprint: c.observed.served_fingerprint,
+            served_checked_at: c.observed.served_checked_at,
+            served_issuer_key_id: c.observed.served_issuer_key_id,
+            probed_at: c.observed.probed_at,
+            probe_error: c.observed.probe_error,
+            stale_consumer_at: c.observed.stale_consumer_at,
         }
     }
 }

@@ -41,9 +41,14 @@ pub struct StatusRow {
     pub not_after: Option<String>,
     /// Next rotation (null: not rotated by rekey).
     pub next_rotation_at: Option<String>,
-    /// `valid`, `expired`, `failing`, `pending`, `no-expiry`, `revoked`,
+    /// `valid`, `expired`, `failing`, `stale-consumer`, `pending`, `no-expiry`, `revoked`,
     /// `awaiting-approval`.
     pub state: State,
+    /// sha256 (hex) of the leaf the probed consumer served at the last
+    /// probe (null without `probe`, or before the first answer).
+    pub served_fingerprint: Option<String>,
+    /// When the probe saw it.
+    pub served_checked_at: Option<String>,
 }
 
 /// The `--json` document.
@@ -73,6 +78,8 @@ pub fn document(credentials: &[Credential], now: DateTime<Utc>) -> StatusDoc {
                     None
                 },
                 state: c.state(now),
+                served_fingerprint: c.observed.served_fingerprint.clone(),
+                served_checked_at: rfc3339(c.observed.served_checked_at),
             })
             .collect(),
     }
@@ -251,6 +258,7 @@ mod tests {
             lease_owner: None,
             created_at: t0,
             updated_at: t0,
+            observed: Default::default(),
         }
     }
 

@@ -125,8 +125,15 @@ impl Config {
             if c.issuer.as_deref() == Some(crate::issue::DEFAULT_ISSUER) {
                 c.issuer = None;
             }
-            if let SinkSpec::File { dir } = &mut c.sink {
-                fix(dir);
+            match &mut c.sink {
+                SinkSpec::File { dir } => fix(dir),
+                SinkSpec::Kubeconfig { path, .. } => fix(path),
+                SinkSpec::KubernetesSecret { .. } => {}
+            }
+        }
+        for b in &mut self.bundles {
+            if let crate::sink::trust::BundleSinkSpec::File { path } = &mut b.sink {
+                fix(path);
             }
         }
         for t in &mut self.tokens {

@@ -60,6 +60,9 @@ pub struct Config {
     /// Service-account tokens rekey requests and rotates.
     #[serde(default, rename = "token")]
     pub tokens: Vec<TokenSpec>,
+    /// Trust bundles published alone (`[[bundle]]`), for consumers that only verify.
+    #[serde(default, rename = "bundle")]
+    pub bundles: Vec<sink::trust::BundleTargetSpec>,
     /// Directories of certificates rekey did not issue, tracked for expiry.
     #[serde(default, rename = "scan")]
     pub scans: Vec<ScanConfig>,
@@ -104,6 +107,38 @@ impl Config {
             t.validate(token_floor).map_err(within(&at))?;
             unique_sink(&at, &t.sink, &mut sinks)?;
         }
+        let mut bundle_names = HashSet::new();
+        let mut bundle_sinks = HashSet::new();
+        for (i, b) in self.bundles.iter().enumerate() {
+            let at = format!("bundle[{i}]");
+            b.validate().map_err(within(&at))?;
+            if !bundle_names.insert(b.name.as_str()) {
+                return Err(ConfigError::new(
+                    format!("{at}.name"),
+                    format!("duplicate bundle name `{}`", b.name),
+                ));
+            }
+            if !bundle_sinks.insert(&b.sink) {
+                return Err(ConfigError::new(
+                    format!("{at}.sink"),
+                    "another bundle already publishes to this place",
+                ));
+            }
+            let issuer_names = self.issuer_names();
+            if !issuer_names.contains(&b.issuer) {
+                return Err(ConfigError::new(
+                    format!("{at}.issuer"),
+                    format!(
+                        "no issuer named `{}` (issuers: {})",
+                        b.issuer,
+                        match issuer_names.as_slice() {
+                            [] => "none: add [issuer]".to_string(),
+                            names => names.join(", "),
+                        }
+                    ),
+                ));
+            }
+        }
         for (i, s) in self.scans.iter().enumerate() {
             s.validate().map_err(within(&format!("scan[{i}]")))?;
         }
@@ -127,10 +162,18 @@ impl Config {
         self.issuer.as_ref().map(|i| i.list()).unwrap_or_default()
     }
 
+    /// The names of the configured issuers, in file order.
+    pub fn issuer_names(&self) -> Vec<String> {
+        self.issuers()
+            .iter()
+            .map(|i| i.name().to_string())
+            .collect()
+    }
+
     /// Whether the service needs the Kubernetes API: `[kubernetes]`, a
     /// kubernetes-secret sink, a `[[token]]`, consumers to reload,
-    /// `[bootstrap_tokens]`, or an issuer in the cluster (a CA in a
-    /// Secret, a `kubernetes-csr` signer).
+    /// `[bootstrap_tokens]`, an issuer in the cluster (a CA in a Secret, a
+    /// `kubernetes-csr` signer), or a ConfigMap `[[bundle]]`.
     pub fn needs_kubernetes(&self) -> bool {
         self.kubernetes.is_some()
             || self.bootstrap_tokens.is_some()
@@ -143,6 +186,10 @@ impl Config {
                 .issuers()
                 .iter()
                 .any(|i| i.secret.is_some() || i.kind == IssuerKind::KubernetesCsr)
+            || self
+                .bundles
+                .iter()
+                .any(|b| matches!(b.sink, sink::trust::BundleSinkSpec::ConfigMap { .. }))
             || self.certificates.iter().any(|c| {
                 matches!(c.sink, sink::SinkSpec::KubernetesSecret { .. }) || !c.reload.is_empty()
             })

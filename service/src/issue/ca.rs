@@ -518,6 +518,8 @@ mod tests {
             },
             adopt: false,
             reload: vec![],
+            probe: None,
+            probe_grace: None,
         }
     }
 

@@ -257,6 +257,8 @@ mod tests {
             key: KeyType::Rsa2048,
             usages,
             lifetime: Duration::from_secs(3600).into(),
+            probe: None,
+            probe_grace: None,
             renew_fraction: None,
             renew_before: None,
             schedule: None,

@@ -23,7 +23,10 @@
 //! - [`inventory`]: each CA as the credential `ca/<issuer>`.
 //! - [`spec`]: [`CertificateSpec`], [`KeyType`], [`Usage`]; [`x509`]:
 //!   key identifiers, fingerprints, PEM.
+//! - [`bundle`]: [`TrustBundle`] (what `ca.crt` holds, identified by the
+//!   set of its CAs) and the [`TrustBundles`] source the registry implements.
 
+pub mod bundle;
 pub mod ca;
 pub mod ca_store;
 pub mod csr;
@@ -34,6 +37,7 @@ pub mod settings;
 pub mod spec;
 pub mod x509;
 
+pub use bundle::{BundleError, TrustBundles, fingerprint_of_pem};
 pub use ca::{
     CaPart, CaProblem, CertAuthority, IssueError, IssuedCert, MAX_BACKDATE, backdate, generate_key,
 };
@@ -42,4 +46,7 @@ pub use csr::{CsrError, CsrRequest, CsrSigner};
 pub use policy::{Denial, IssuerPolicy};
 pub use registry::{Issuer, IssuerState, Issuers, Signer, TrustBundle, UnknownIssuer};
 pub use settings::{IssuerConfig, IssuerKind, IssuerSection, SecretRef};
-pub use spec::{CA_PREFIX, CertificateSpec, DEFAULT_ISSUER, KeyType, Usage, validate_dns_name};
+pub use spec::{
+    CA_PREFIX, CertificateSpec, DEFAULT_ISSUER, DEFAULT_PROBE_GRACE, KeyType, Usage,
+    validate_dns_name, validate_probe,
+};

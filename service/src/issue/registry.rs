@@ -22,13 +22,14 @@ use std::{collections::BTreeMap, fmt, sync::Arc};
 
 use tokio::sync::watch;
 
+pub use super::bundle::{BundleCert, TrustBundle};
 use super::{
+    bundle::TrustBundles,
     ca::CertAuthority,
     ca_store::CaStore,
     csr::CsrSigner,
     policy::IssuerPolicy,
     settings::{IssuerConfig, IssuerKind},
-    x509::{fingerprint, split_certificates},
 };
 
 /// No issuer of that name is configured.
@@ -67,106 +68,6 @@ impl Signer {
     }
 }
 
-/// One CA certificate of a trust bundle.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BundleCert {
-    /// PEM (one block, `\n` line ends).
-    pub pem: String,
-    /// DER.
-    pub der: Vec<u8>,
-    /// sha256 of the DER, lower-case hex.
-    pub fingerprint: String,
-    /// Subject DN.
-    pub subject: String,
-    /// End of validity.
-    pub not_after: chrono::DateTime<chrono::Utc>,
-}
-
-/// The CA certificates an issuer's consumers must trust right now, in
-/// order (the signing CA first). Published as `ca.crt`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TrustBundle {
-    certs: Vec<BundleCert>,
-    pem: String,
-    fingerprint: String,
-}
-
-impl TrustBundle {
-    /// A bundle of these certificates (DER), in order; duplicates dropped.
-    pub fn new(ders: impl IntoIterator<Item = Vec<u8>>) -> Result<Self, String> {
-        let mut certs: Vec<BundleCert> = Vec::new();
-        for der in ders {
-            let (_, x) = x509_parser::parse_x509_certificate(&der)
-                .map_err(|e| format!("not an X.509 certificate: {e}"))?;
-            let cert = BundleCert {
-                pem: super::x509::to_pem(&der),
-                fingerprint: fingerprint(&der),
-                subject: x.subject().to_string(),
-                not_after: super::x509::to_chrono(x.validity().not_after),
-                der: der.clone(),
-            };
-            if !certs.iter().any(|c| c.fingerprint == cert.fingerprint) {
-                certs.push(cert);
-            }
-        }
-        let pem: String = certs.iter().map(|c| c.pem.as_str()).collect();
-        Ok(Self {
-            fingerprint: hex::encode(<sha2::Sha256 as sha2::Digest>::digest(pem.as_bytes())),
-            certs,
-            pem,
-        })
-    }
-
-    /// The bundle of one CA.
-    pub fn of_ca(ca: &CertAuthority) -> Self {
-        Self::new([ca.cert_der().to_vec()]).expect("a loaded CA parses")
-    }
-
-    /// Every `CERTIFICATE` block of a PEM text (a `ca_bundle` file).
-    pub fn from_pem(pem: &str) -> Result<Self, String> {
-        let certs = split_certificates(pem)?;
-        if certs.is_empty() {
-            return Err("holds no PEM certificate".into());
-        }
-        Self::new(certs.into_iter().map(|(_, der)| der))
-    }
-
-    /// The certificates, in order.
-    pub fn certs(&self) -> &[BundleCert] {
-        &self.certs
-    }
-
-    /// The PEM text published as `ca.crt`.
-    pub fn pem(&self) -> &str {
-        &self.pem
-    }
-
-    /// sha256 of [`Self::pem`], lower-case hex: what a sink records to say
-    /// which bundle it holds.
-    pub fn fingerprint(&self) -> &str {
-        &self.fingerprint
-    }
-
-    /// Each certificate's fingerprint, in order (`rekey ca status`'s `bundle`).
-    pub fn fingerprints(&self) -> Vec<String> {
-        self.certs.iter().map(|c| c.fingerprint.clone()).collect()
-    }
-
-    /// The bundle certificate whose subject is the issuer of `leaf_pem` and
-    /// whose key verifies its signature (to complete a chain a signer
-    /// returned without its CA).
-    pub fn issuer_of(&self, leaf_pem: &str) -> Option<&BundleCert> {
-        let (_, pem) = x509_parser::pem::parse_x509_pem(leaf_pem.as_bytes()).ok()?;
-        let leaf = pem.parse_x509().ok()?;
-        self.certs.iter().find(|c| {
-            x509_parser::parse_x509_certificate(&c.der).is_ok_and(|(_, ca)| {
-                ca.subject() == leaf.issuer()
-                    && leaf.verify_signature(Some(ca.public_key())).is_ok()
-            })
-        })
-    }
-}
-
 /// A consistent snapshot of an issuer: who signs, what consumers trust.
 #[derive(Debug, Clone)]
 pub struct IssuerState {
@@ -184,6 +85,8 @@ pub struct Issuer {
     policy: IssuerPolicy,
     store: Option<Arc<dyn CaStore>>,
     state: watch::Sender<Arc<IssuerState>>,
+    /// Shared by every issuer of a registry: bumped on each change.
+    changes: watch::Sender<u64>,
 }
 
 impl fmt::Debug for Issuer {
@@ -237,6 +140,7 @@ impl Issuer {
             config: config.clone(),
             store,
             state,
+            changes: watch::channel(0).0,
         }
     }
 
@@ -288,7 +192,9 @@ impl Issuer {
     /// Replaces signer and bundle at once (a CA rotation's phase change);
     /// returns the state it replaced and wakes every subscriber.
     pub fn swap(&self, state: IssuerState) -> Arc<IssuerState> {
-        self.state.send_replace(Arc::new(state))
+        let old = self.state.send_replace(Arc::new(state));
+        self.changes.send_modify(|n| *n = n.wrapping_add(1));
+        old
     }
 
     /// Replaces the bundle only (the signer stays); returns the state it
@@ -311,20 +217,35 @@ impl Issuer {
 /// Every configured issuer, by name. Cheap to share (`Arc<Issuers>`); the
 /// set of issuers is fixed for the life of the process (it is the
 /// configuration's), what each one signs with and trusts can change.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Issuers {
     by_name: BTreeMap<String, Arc<Issuer>>,
+    changes: watch::Sender<u64>,
+}
+
+impl Default for Issuers {
+    fn default() -> Self {
+        Self {
+            by_name: BTreeMap::new(),
+            changes: watch::channel(0).0,
+        }
+    }
 }
 
 impl Issuers {
     /// A registry of these issuers (a later one of the same name wins;
     /// configuration validation refuses duplicates before this).
     pub fn new(issuers: impl IntoIterator<Item = Issuer>) -> Self {
+        let changes = watch::channel(0).0;
         Self {
             by_name: issuers
                 .into_iter()
-                .map(|i| (i.name.clone(), Arc::new(i)))
+                .map(|mut i| {
+                    i.changes = changes.clone();
+                    (i.name.clone(), Arc::new(i))
+                })
                 .collect(),
+            changes,
         }
     }
 
@@ -376,6 +297,18 @@ impl Issuers {
     /// Whether there is no issuer.
     pub fn is_empty(&self) -> bool {
         self.by_name.is_empty()
+    }
+}
+
+/// The registry is where every published `ca.crt` and `[[bundle]]` target
+/// takes its bundle from.
+impl TrustBundles for Issuers {
+    fn bundle(&self, issuer: &str) -> Option<TrustBundle> {
+        self.get(issuer).ok().map(|i| (*i.bundle()).clone())
+    }
+
+    fn changes(&self) -> Option<watch::Receiver<u64>> {
+        Some(self.changes.subscribe())
     }
 }
 

@@ -103,7 +103,18 @@ pub struct CertificateSpec {
     /// Workloads to roll after publishing: `deployment/ns/name`, `statefulset/..`, `daemonset/..`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub reload: Vec<String>,
+    /// The consumer's TLS endpoint (`host:port`): rekey checks which
+    /// certificate it really serves after each publish and every minute.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probe: Option<String>,
+    /// How long the probed consumer may keep serving an older version after
+    /// a publish before the credential is `stale-consumer` (default 5m).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probe_grace: Option<HumanDuration>,
 }
+
+/// The default of `probe_grace`.
+pub const DEFAULT_PROBE_GRACE: std::time::Duration = std::time::Duration::from_secs(300);
 
 /// Extended key usage of a leaf certificate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
@@ -181,7 +192,45 @@ impl CertificateSpec {
         self.sink
             .validate()
             .map_err(|(f, m)| (format!("sink.{f}"), m))?;
+        if let Some(p) = &self.probe {
+            validate_probe(p).map_err(|m| ("probe".to_string(), m))?;
+        } else if self.probe_grace.is_some() {
+            return Err((
+                "probe_grace".into(),
+                "is only meaningful with `probe = \"host:port\"`".into(),
+            ));
+        }
         validate_reload(&self.reload)
+    }
+
+    /// `probe_grace`, or its default when a probe is set; `None` without a probe.
+    pub fn probe_grace(&self) -> Option<std::time::Duration> {
+        self.probe.as_ref()?;
+        Some(
+            self.probe_grace
+                .map(|g| g.get())
+                .unwrap_or(DEFAULT_PROBE_GRACE),
+        )
+    }
+}
+
+/// A probe address: `host:port` (a DNS name, an IPv4 address or a
+/// bracketed IPv6 address, and a port 1 to 65535).
+pub fn validate_probe(probe: &str) -> Result<(), String> {
+    let bad = || format!("`{probe}` is not `host:port` (e.g. `web.shop.svc:443`)");
+    let (host, port) = probe.rsplit_once(':').ok_or_else(bad)?;
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 => {}
+        _ => return Err(bad()),
+    }
+    let host_ok = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        Some(v6) => v6.parse::<std::net::Ipv6Addr>().is_ok(),
+        None => host.parse::<std::net::Ipv4Addr>().is_ok() || validate_dns_name(host).is_ok(),
+    };
+    if host_ok && !host.starts_with("*.") {
+        Ok(())
+    } else {
+        Err(bad())
     }
 }
 

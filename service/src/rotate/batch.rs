@@ -14,6 +14,7 @@ use super::{
     events::{EventOutcome, RotationEvent},
     issuing::issue_certificate,
     item::{Issued, Item, Spec},
+    probe::Prober,
     reconcile::reconcile,
     settings::EngineConfig,
     tokens::{Reload, TokenIssuer},
@@ -46,6 +47,8 @@ pub struct EngineDeps {
     pub tokens: Option<Arc<dyn TokenIssuer>>,
     /// Consumer workload restarts after publishing.
     pub reload: Option<Arc<dyn Reload>>,
+    /// Consumer probes after publishing (certificates with `probe`).
+    pub probes: Option<Arc<Prober>>,
 }
 
 /// Rotates claimed batches; shared by the engine's in-flight tasks.
@@ -332,6 +335,12 @@ impl Rotator {
                         error: None,
                         duration_ms: elapsed.as_millis() as u64,
                     });
+                    if let (Some(probes), Some(Spec::Certificate(c))) =
+                        (&self.deps.probes, &item.spec)
+                        && c.probe.is_some()
+                    {
+                        probes.after_publish(item.claimed.name.clone());
+                    }
                     if outcome == EventOutcome::Succeeded
                         && let (Some(reload), Some(spec)) = (&self.deps.reload, &item.spec)
                         && !spec.reload().is_empty()

@@ -25,6 +25,8 @@ const POLICY_FIELDS: &[&str] = &[
     "schedule",
     "reload",
     "grace",
+    "probe",
+    "probe_grace",
 ];
 
 fn material_hash(spec: &serde_json::Value) -> String {

@@ -88,7 +88,7 @@ pub(super) async fn issue_certificate(
             serial: Some(serial),
             not_before,
             not_after,
-            details,
+            details: with_bundle(details, state.bundle.fingerprint()),
         },
         material: Some(Material::Certificate {
             chain_pem: format!("{cert_pem}{ca_pem}"),
@@ -96,4 +96,13 @@ pub(super) async fn issue_certificate(
             ca_pem: state.bundle.pem().to_string(),
         }),
     })
+}
+
+/// The version's details plus the fingerprint of the bundle its `ca.crt`
+/// holds (read into `credentials.bundle_fingerprint` at commit).
+fn with_bundle(mut details: serde_json::Value, bundle: &str) -> serde_json::Value {
+    if let Some(map) = details.as_object_mut() {
+        map.insert("bundle_fingerprint".into(), bundle.into());
+    }
+    details
 }

@@ -29,16 +29,21 @@
 //!   pure decisions about it (next due time, retry time).
 //! - [`declare`]: the configuration into the inventory; [`retire`]:
 //!   superseded versions after their grace period.
+//! - [`probe`]: consumer probes (what a certificate's consumer serves);
+//!   [`bundles`]: trust bundles republished without re-issuing, and
+//!   `[[bundle]]` targets.
 //! - [`tokens`]: `[[token]]` and the traits `k8s` implements;
 //!   [`settings`]: `[engine]`; [`events`], [`error`].
 
 pub mod batch;
+pub mod bundles;
 pub mod declare;
 pub mod engine;
 pub mod error;
 pub mod events;
 pub mod issuing;
 pub mod item;
+pub mod probe;
 pub mod reconcile;
 pub mod retire;
 pub mod settings;

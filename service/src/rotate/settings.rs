@@ -22,6 +22,12 @@ pub struct EngineConfig {
     pub jitter_fraction: f64,
     /// Identifies this replica in leases and audit records (default: hostname + pid).
     pub replica_id: Option<String>,
+    /// How often every consumer probe (`probe` on a certificate) is checked.
+    pub probe_interval: HumanDuration,
+    /// How long one probe (connect and TLS handshake) may take.
+    pub probe_timeout: HumanDuration,
+    /// Probes run at once by this replica.
+    pub probe_concurrency: usize,
 }
 
 impl Default for EngineConfig {
@@ -34,6 +40,9 @@ impl Default for EngineConfig {
             max_jitter: std::time::Duration::from_secs(300).into(),
             jitter_fraction: 0.05,
             replica_id: None,
+            probe_interval: std::time::Duration::from_secs(60).into(),
+            probe_timeout: std::time::Duration::from_secs(5).into(),
+            probe_concurrency: 16,
         }
     }
 }
@@ -49,6 +58,20 @@ impl EngineConfig {
         }
         if self.lease.get().as_secs() < 5 {
             return Err(("lease".into(), "must be at least 5s".into()));
+        }
+        if self.probe_interval.get() < std::time::Duration::from_secs(1) {
+            return Err(("probe_interval".into(), "must be at least 1s".into()));
+        }
+        if self.probe_timeout.get() < std::time::Duration::from_millis(100)
+            || self.probe_timeout.get() > std::time::Duration::from_secs(60)
+        {
+            return Err((
+                "probe_timeout".into(),
+                "must be between 100ms and 60s".into(),
+            ));
+        }
+        if self.probe_concurrency == 0 {
+            return Err(("probe_concurrency".into(), "must be at least 1".into()));
         }
         if !(0.0..=0.5).contains(&self.jitter_fraction) {
             return Err(("jitter_fraction".into(), "must be between 0 and 0.5".into()));

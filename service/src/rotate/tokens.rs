@@ -95,6 +95,12 @@ impl TokenSpec {
         self.sink
             .validate()
             .map_err(|(f, m)| (format!("sink.{f}"), m))?;
+        if matches!(self.sink, SinkSpec::Kubeconfig { .. }) {
+            return Err((
+                "sink.kind".into(),
+                "a kubeconfig sink holds a client certificate: publish tokens to `file` or `kubernetes-secret`".into(),
+            ));
+        }
         validate_reload(&self.reload)
     }
 }

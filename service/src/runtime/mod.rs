@@ -19,14 +19,19 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     config::Config,
     error::{BadInput, BadInputExt},
+    issue::TrustBundles,
     k8s::wiring::Kube,
-    rotate::{Engine, EngineDeps, declare},
+    rotate::{Engine, EngineDeps, bundles::BundleTargets, declare, probe::Prober},
     sink::SinkContext,
     store::{Store, StoreError},
 };
 
 /// How long start-up waits for Postgres to accept connections.
 const DB_PATIENCE: Duration = Duration::from_secs(60);
+
+/// How often `[[bundle]]` targets are checked (besides at start-up and when
+/// a bundle changes).
+const BUNDLE_CHECK_INTERVAL: Duration = Duration::from_secs(60);
 
 /// A started service.
 pub struct Running {
@@ -130,6 +135,28 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         added = report.added.len(), changed = report.changed.len(), removed = report.removed.len(),
         "declared credentials synced"
     );
+    // Every `ca.crt` and `[[bundle]]` target follows the issuers' registry.
+    let bundles: Arc<dyn TrustBundles> = issuers.clone();
+    let targets = BundleTargets::declare(
+        store.clone(),
+        sinks.clone(),
+        bundles.clone(),
+        config.bundles.clone(),
+    )
+    .await
+    .context("recording the [[bundle]] targets")?;
+    let probes = config
+        .certificates
+        .iter()
+        .any(|c| c.probe.is_some())
+        .then(|| {
+            Prober::new(
+                store.clone(),
+                config.engine.probe_timeout.get(),
+                config.engine.probe_concurrency,
+                shutdown.clone(),
+            )
+        });
     let engine = Engine::new(EngineDeps {
         store: store.clone(),
         replica,
@@ -138,6 +165,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         sinks,
         tokens: kube.as_ref().map(|k| k.token_issuer()),
         reload: kube.as_ref().map(|k| k.reload()),
+        probes: probes.clone(),
     });
     // Subscribed before the engine starts: a watch value sent while nobody
     // listens is dropped, and /readyz would never see the engine running.
@@ -170,6 +198,48 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         tasks.spawn(async move {
             crate::rotate::retire::run(store, tokens, actor, shutdown).await;
             ("token retirement", Ok(()))
+        });
+    }
+    if !config.bundles.is_empty() {
+        let shutdown = shutdown.clone();
+        tasks.spawn(async move {
+            targets.run(BUNDLE_CHECK_INTERVAL, shutdown).await;
+            ("trust bundle targets", Ok(()))
+        });
+    }
+    if let Some(prober) = probes {
+        // Every probe on one replica at a time; after a publish, the
+        // publishing replica probes that credential itself (the engine).
+        let (store, replica, shutdown) = (
+            store.clone(),
+            engine.replica().to_string(),
+            shutdown.clone(),
+        );
+        let interval = config.engine.probe_interval.get();
+        tasks.spawn(async move {
+            leader::lead(
+                store.clone(),
+                "consumer-probes",
+                replica,
+                shutdown,
+                |led, _epoch| {
+                    let prober = prober.clone();
+                    async move {
+                        crate::schedule::jobs::every(interval, &led, |_| {
+                            let prober = prober.clone();
+                            async move {
+                                if let Err(e) = prober.check_all().await {
+                                    tracing::warn!(error = %e, "consumer probes: cannot read or record; retrying at the next check");
+                                }
+                            }
+                        })
+                        .await;
+                        Ok(())
+                    }
+                },
+            )
+            .await;
+            ("consumer probes", Ok(()))
         });
     }
     spawn_led_jobs(

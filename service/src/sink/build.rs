@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use super::{
     file::FileSink,
+    kubeconfig::KubeconfigSink,
     kubernetes::KubernetesSecretSink,
     model::{Sink, SinkContext, SinkError},
     spec::SinkSpec,
@@ -13,6 +14,19 @@ use super::{
 pub fn build(spec: &SinkSpec, ctx: &SinkContext) -> Result<Arc<dyn Sink>, SinkError> {
     match spec {
         SinkSpec::File { dir } => Ok(Arc::new(FileSink::new(dir.clone()))),
+        SinkSpec::Kubeconfig {
+            path,
+            server,
+            cluster,
+            user,
+            context,
+        } => Ok(Arc::new(KubeconfigSink::new(
+            path.clone(),
+            server.clone(),
+            cluster.clone(),
+            user.clone(),
+            context.clone(),
+        ))),
         SinkSpec::KubernetesSecret { namespace, name } => match &ctx.kube {
             Some(client) => Ok(Arc::new(KubernetesSecretSink::new(
                 client.clone(),

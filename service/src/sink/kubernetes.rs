@@ -15,7 +15,8 @@ use k8s_openapi::{ByteString, api::core::v1::Secret};
 use kube::api::{Api, DeleteParams, ObjectMeta, PostParams, Preconditions};
 use secrecy::ExposeSecret;
 
-use super::model::{Material, Publication, Sink, SinkError};
+use super::model::{BundleOutcome, BundleUpdate, Material, Publication, Sink, SinkError};
+use crate::issue::bundle::fingerprint_of_pem;
 use crate::k8s::{
     self, CREDENTIAL_ANNOTATION, K8sError, MANAGED_BY, NOT_AFTER_ANNOTATION, VERSION_ANNOTATION,
 };
@@ -222,6 +223,71 @@ impl Sink for KubernetesSecretSink {
             .await
             .map_err(|e| remote(&target, e))?;
         Ok(s.as_ref().and_then(version_of))
+    }
+
+    /// `ca.crt` replaced in place: the Secret must carry `update.version`;
+    /// the replace carries the resourceVersion read, so a concurrent writer
+    /// makes it fail (409) and it is read and checked again. Nothing else
+    /// changes: not the certificate, the key, nor the annotations.
+    async fn publish_bundle(&self, u: &BundleUpdate<'_>) -> Result<BundleOutcome, SinkError> {
+        let api: Api<Secret> = Api::namespaced(self.client.clone(), &self.namespace);
+        let target = self.target();
+        for _ in 0..MAX_ATTEMPTS {
+            let existing = k8s::call(format!("get {target}"), api.get_opt(&self.name))
+                .await
+                .map_err(|e| remote(&target, e))?;
+            let Some(mut secret) = existing else {
+                return Ok(BundleOutcome::NotCurrent { found: None });
+            };
+            let found = version_of(&secret);
+            if found != Some(u.version) {
+                return Ok(BundleOutcome::NotCurrent { found });
+            }
+            let data = secret.data.get_or_insert_with(BTreeMap::new);
+            if !data.contains_key("tls.crt") {
+                return Ok(BundleOutcome::NotApplicable);
+            }
+            let held = data
+                .get("ca.crt")
+                .and_then(|b| fingerprint_of_pem(&String::from_utf8_lossy(&b.0)));
+            if held.as_deref() == Some(u.bundle.fingerprint()) {
+                return Ok(BundleOutcome::Unchanged);
+            }
+            data.insert(
+                "ca.crt".into(),
+                ByteString(u.bundle.pem().as_bytes().to_vec()),
+            );
+            secret.metadata.managed_fields = None;
+            match k8s::call(
+                format!("replace {target}"),
+                api.replace(&self.name, &PostParams::default(), &secret),
+            )
+            .await
+            {
+                Ok(_) => return Ok(BundleOutcome::Published),
+                Err(e) if e.is_conflict() => {
+                    tracing::debug!(target = %target, "secret changed under us; re-reading before replacing ca.crt");
+                }
+                Err(e) if e.is_not_found() => return Ok(BundleOutcome::NotCurrent { found: None }),
+                Err(e) => return Err(remote(&target, e)),
+            }
+        }
+        Err(SinkError::Remote {
+            target: target.clone(),
+            message: format!("still conflicting after {MAX_ATTEMPTS} attempts"),
+            retryable: true,
+        })
+    }
+
+    async fn published_bundle(&self) -> Result<Option<String>, SinkError> {
+        let api: Api<Secret> = Api::namespaced(self.client.clone(), &self.namespace);
+        let target = self.target();
+        let s = k8s::call(format!("get {target}"), api.get_opt(&self.name))
+            .await
+            .map_err(|e| remote(&target, e))?;
+        Ok(s.as_ref()
+            .and_then(|s| s.data.as_ref()?.get("ca.crt").cloned())
+            .and_then(|b| fingerprint_of_pem(&String::from_utf8_lossy(&b.0))))
     }
 
     fn describe(&self) -> String {

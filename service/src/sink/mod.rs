@@ -7,15 +7,21 @@
 //!
 //! - [`spec`]: [`SinkSpec`] (the `sink` field of a credential) and reload
 //!   targets, with their checks.
-//! - [`model`]: [`Material`], [`Publication`], the [`Sink`] trait, [`SinkError`].
-//! - [`file`], [`kubernetes`]: the two sinks; [`build`] picks one for a spec.
+//! - [`model`]: [`Material`], [`Publication`], [`BundleUpdate`], the
+//!   [`Sink`] trait, [`SinkError`].
+//! - [`file`] (the atomic `..data` layout), [`kubernetes`] (a Secret),
+//!   [`kubeconfig`]: the sinks; [`build`] picks one for a spec.
+//! - [`trust`]: `[[bundle]]` targets (a trust bundle alone, to a file or a
+//!   ConfigMap key).
 
 pub mod build;
 pub mod file;
+pub mod kubeconfig;
 pub mod kubernetes;
 pub mod model;
 pub mod spec;
+pub mod trust;
 
 pub use build::build;
-pub use model::{Material, Publication, Sink, SinkContext, SinkError};
+pub use model::{BundleOutcome, BundleUpdate, Material, Publication, Sink, SinkContext, SinkError};
 pub use spec::SinkSpec;

@@ -6,6 +6,8 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use secrecy::SecretString;
 
+use crate::issue::TrustBundle;
+
 /// The material of one credential version.
 #[derive(Clone)]
 pub enum Material {
@@ -15,7 +17,7 @@ pub enum Material {
         chain_pem: String,
         /// Private key (PEM): `tls.key`.
         key_pem: SecretString,
-        /// CA certificate (PEM): `ca.crt`.
+        /// The issuer's trust bundle (PEM): `ca.crt`.
         ca_pem: String,
     },
     /// A bearer token.
@@ -47,6 +49,36 @@ pub struct Publication<'a> {
     pub material: &'a Material,
     /// Take over an existing object rekey did not create.
     pub adopt: bool,
+}
+
+/// A new trust bundle for what a sink holds: the same certificate and key,
+/// a new `ca.crt` (no re-issuing, no new version).
+#[derive(Debug)]
+pub struct BundleUpdate<'a> {
+    /// The credential's name.
+    pub credential: &'a str,
+    /// The version the sink must hold (the credential's current version):
+    /// a sink holding anything else is left alone.
+    pub version: i64,
+    /// The bundle to publish.
+    pub bundle: &'a TrustBundle,
+}
+
+/// What [`Sink::publish_bundle`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BundleOutcome {
+    /// The new bundle was written, durably, in one atomic change.
+    Published,
+    /// The sink already held this bundle: nothing was written.
+    Unchanged,
+    /// The sink holds another version (`found`), or nothing: nothing was
+    /// written (a rotation got there first, or the sink was lost).
+    NotCurrent {
+        /// The version the sink holds.
+        found: Option<i64>,
+    },
+    /// The sink holds no trust bundle (a token): nothing to do.
+    NotApplicable,
 }
 
 /// Why publishing or reading back failed.
@@ -99,6 +131,15 @@ pub trait Sink: Send + Sync + std::fmt::Debug {
 
     /// The version currently published there, if rekey published one.
     async fn published_version(&self) -> Result<Option<i64>, SinkError>;
+
+    /// Republishes what the sink holds with a new trust bundle (`ca.crt`),
+    /// atomically, keeping the certificate, the key and the version marker;
+    /// only if the sink holds `update.version`.
+    async fn publish_bundle(&self, update: &BundleUpdate<'_>) -> Result<BundleOutcome, SinkError>;
+
+    /// The fingerprint ([`crate::issue::bundle`]) of the trust bundle the
+    /// sink holds, `None` when it holds none (nothing published, a token).
+    async fn published_bundle(&self) -> Result<Option<String>, SinkError>;
 
     /// A short description for logs, e.g. `file:/var/lib/rekey/web`.
     fn describe(&self) -> String;

@@ -23,6 +23,23 @@ pub enum SinkSpec {
         /// Name of the Secret.
         name: String,
     },
+    /// A kubeconfig file with the client certificate, key and trust bundle
+    /// embedded (certificates only).
+    Kubeconfig {
+        /// The file (its directory is created if missing).
+        path: PathBuf,
+        /// The API server's URL (`https://...`).
+        server: String,
+        /// Name of the cluster entry (default `kubernetes`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cluster: Option<String>,
+        /// Name of the user entry (default: the certificate's common name).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        user: Option<String>,
+        /// Name of the context (default `<user>@<cluster>`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        context: Option<String>,
+    },
 }
 
 impl SinkSpec {
@@ -34,6 +51,38 @@ impl SinkSpec {
                 Err(("dir".into(), "must not be empty".into()))
             }
             Self::File { .. } => Ok(()),
+            Self::Kubeconfig { path, .. } if path.as_os_str().is_empty() => {
+                Err(("path".into(), "must not be empty".into()))
+            }
+            Self::Kubeconfig { path, .. } if path.file_name().is_none() => Err((
+                "path".into(),
+                format!("`{}` does not name a file", path.display()),
+            )),
+            Self::Kubeconfig {
+                server,
+                cluster,
+                user,
+                context,
+                ..
+            } => {
+                match url::Url::parse(server) {
+                    Ok(u) if u.scheme() == "https" && u.host_str().is_some() => {}
+                    _ => {
+                        return Err((
+                            "server".into(),
+                            format!("`{server}` is not an https:// URL of the API server"),
+                        ));
+                    }
+                }
+                for (field, v) in [("cluster", cluster), ("user", user), ("context", context)] {
+                    if let Some(v) = v
+                        && (v.is_empty() || v.chars().any(char::is_control))
+                    {
+                        return Err((field.into(), "must be a non-empty name".into()));
+                    }
+                }
+                Ok(())
+            }
             Self::KubernetesSecret { namespace, name } => {
                 validate_k8s_name(namespace).map_err(|m| ("namespace".to_string(), m))?;
                 validate_k8s_name(name).map_err(|m| ("name".to_string(), m))
@@ -93,6 +142,16 @@ mod tests {
         assert_eq!(s.validate().unwrap_err().0, "name");
         let s = SinkSpec::File { dir: "".into() };
         assert_eq!(s.validate().unwrap_err().0, "dir");
+        let k = |server: &str| SinkSpec::Kubeconfig {
+            path: "/etc/ci/kubeconfig".into(),
+            server: server.into(),
+            cluster: None,
+            user: Some("ci".into()),
+            context: None,
+        };
+        assert!(k("https://api:6443").validate().is_ok());
+        assert_eq!(k("http://api:6443").validate().unwrap_err().0, "server");
+        assert_eq!(k("api:6443").validate().unwrap_err().0, "server");
         let e = validate_reload(&["deployment/ns/web".into(), "job/ns/x".into()]).unwrap_err();
         assert_eq!(e.0, "reload[1]");
         assert!(validate_k8s_name("kube-system").is_ok());

@@ -63,6 +63,33 @@ pub struct Credential {
     pub created_at: DateTime<Utc>,
     /// Last change.
     pub updated_at: DateTime<Utc>,
+    /// What rekey observed at the consumer's end: the bundle its sink holds
+    /// and what a probe saw the consumer serve.
+    #[sqlx(flatten)]
+    #[serde(flatten)]
+    pub observed: Observed,
+}
+
+/// What rekey observed about a credential's sink and consumer.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, sqlx::FromRow)]
+pub struct Observed {
+    /// Fingerprint of the trust bundle the sink holds (`issue::bundle`).
+    pub bundle_fingerprint: Option<String>,
+    /// When rekey wrote (or found) that bundle there.
+    pub bundle_published_at: Option<DateTime<Utc>>,
+    /// sha256 (hex) of the leaf the probed consumer served at the last successful probe.
+    pub served_fingerprint: Option<String>,
+    /// When that was.
+    pub served_checked_at: Option<DateTime<Utc>>,
+    /// Authority Key Identifier (hex) of that leaf: the CA that signed it.
+    pub served_issuer_key_id: Option<String>,
+    /// The last probe attempt.
+    pub probed_at: Option<DateTime<Utc>>,
+    /// Why the last probe failed, while probes fail.
+    pub probe_error: Option<String>,
+    /// When the credential turns `stale-consumer` unless the consumer is
+    /// seen serving the current version first.
+    pub stale_consumer_at: Option<DateTime<Utc>>,
 }
 
 /// The one-word state shown by `rekey status` and the API.
@@ -84,6 +111,9 @@ pub enum State {
     /// Its certificate request waits for someone to approve it
     /// (`last_error` names the CertificateSigningRequest).
     AwaitingApproval,
+    /// Valid, but the probed consumer still serves an older version
+    /// `probe_grace` after the current one was published.
+    StaleConsumer,
 }
 
 impl State {
@@ -97,6 +127,7 @@ impl State {
             Self::NoExpiry => "no-expiry",
             Self::Revoked => "revoked",
             Self::AwaitingApproval => "awaiting-approval",
+            Self::StaleConsumer => "stale-consumer",
         }
     }
 }
@@ -113,6 +144,9 @@ impl Credential {
             Some(t) if t <= now => State::Expired,
             _ if awaiting => State::AwaitingApproval,
             Some(_) if self.failures > 0 => State::Failing,
+            Some(_) if self.observed.stale_consumer_at.is_some_and(|at| at <= now) => {
+                State::StaleConsumer
+            }
             Some(_) => State::Valid,
             None if self.managed => State::Pending,
             None => State::NoExpiry,
@@ -121,7 +155,9 @@ impl Credential {
 }
 
 const COLUMNS: &str = "id, name, kind, source, managed, spec, sink, schedule, not_before, not_after, current_version,
-    next_rotation_at, next_rotation_reason, failures, last_error, lease_owner, created_at, updated_at";
+    next_rotation_at, next_rotation_reason, failures, last_error, lease_owner, created_at, updated_at,
+    bundle_fingerprint, bundle_published_at, served_fingerprint, served_checked_at, served_issuer_key_id,
+    probed_at, probe_error, stale_consumer_at";
 
 impl Store {
     /// Every credential not removed, by name.

@@ -376,6 +376,15 @@ impl Store {
             .bind(&ok_vids)
             .execute(&mut *tx)
             .await?;
+        // The bundle the sink now holds: the one the version was issued with.
+        sqlx::query(
+            "UPDATE credentials c SET bundle_fingerprint = v.details->>'bundle_fingerprint',
+                 bundle_published_at = now()
+             FROM credential_versions v WHERE v.id = c.current_version AND c.id = ANY($1)",
+        )
+        .bind(&ok_cids)
+        .execute(&mut *tx)
+        .await?;
         sqlx::query(
             "UPDATE rotations SET status = 'succeeded', finished_at = now() WHERE id = ANY($1)",
         )

@@ -36,6 +36,12 @@ pub struct Summary {
     pub failures: i32,
     /// The last rotation error, while failing.
     pub last_error: Option<String>,
+    /// sha256 of the leaf the probed consumer served at the last probe.
+    pub served_fingerprint: Option<String>,
+    /// When that was.
+    pub served_checked_at: Option<DateTime<Utc>>,
+    /// When it turns `stale-consumer` unless the consumer moves first.
+    pub stale_consumer_at: Option<DateTime<Utc>>,
 }
 
 impl Summary {
@@ -61,15 +67,22 @@ impl Summary {
             lease_owner: None,
             created_at: stamp,
             updated_at: stamp,
+            observed: super::credentials::Observed {
+                served_fingerprint: self.served_fingerprint,
+                served_checked_at: self.served_checked_at,
+                stale_consumer_at: self.stale_consumer_at,
+                ..Default::default()
+            },
         }
     }
 }
 
 /// The columns of a [`Summary`], in the order its `FromRow` reads them.
 const SUMMARY_COLUMNS: &str = "name, kind, not_before, not_after, next_rotation_at, \
-    next_rotation_reason, source, managed, schedule, current_version, failures, last_error";
+    next_rotation_reason, source, managed, schedule, current_version, failures, last_error, \
+    served_fingerprint, served_checked_at, stale_consumer_at";
 
-/// By position, not by name: a page is 100 to 1,000 rows of 12 columns, and
+/// By position, not by name: a page is 100 to 1,000 rows of 15 columns, and
 /// looking each column up by name was about 7 % of the server's work per page.
 impl sqlx::FromRow<'_, sqlx::postgres::PgRow> for Summary {
     fn from_row(row: &sqlx::postgres::PgRow) -> Result<Self, sqlx::Error> {
@@ -87,6 +100,9 @@ impl sqlx::FromRow<'_, sqlx::postgres::PgRow> for Summary {
             current_version: row.try_get(9)?,
             failures: row.try_get(10)?,
             last_error: row.try_get(11)?,
+            served_fingerprint: row.try_get(12)?,
+            served_checked_at: row.try_get(13)?,
+            stale_consumer_at: row.try_get(14)?,
         })
     }
 }

@@ -12,10 +12,12 @@
 //! - [`error`]: the [`StoreError`] type.
 //! - [`settings`]: the `[database]` section.
 //! - [`credentials`], [`engine`], [`rotations`], [`sync`], [`versions`],
-//!   [`audit`], [`leadership`]: the tables.
+//!   [`audit`], [`leadership`]: the tables; [`bundles`] (trust bundles the
+//!   sinks hold, `bundle_targets`) and [`probes`] (what consumers serve).
 //! - [`listen`]: LISTEN with reconnect.
 
 pub mod audit;
+pub mod bundles;
 pub mod credentials;
 pub mod engine;
 pub mod error;
@@ -24,6 +26,7 @@ pub mod leadership;
 pub mod listen;
 pub mod paging;
 pub mod pool;
+pub mod probes;
 pub mod rotations;
 pub mod settings;
 pub mod sync;

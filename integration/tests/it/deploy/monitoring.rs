@@ -219,6 +219,7 @@ fn alerts_use_only_metrics_the_service_exports() {
         "rekey_rotations_total",
         "rekey_etcd_plaintext_values",
         "rekey_backup_latest_completed_timestamp_seconds",
+        "rekey_consumer_stale",
     ] {
         assert!(seen.contains(m), "no alert reads {m}: {seen:?}");
     }

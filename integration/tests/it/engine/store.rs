@@ -51,6 +51,8 @@ async fn fixture() -> Fixture {
         },
         adopt: false,
         reload: vec![],
+        probe: None,
+        probe_grace: None,
     };
     db.store
         .sync_declared(
@@ -84,6 +86,7 @@ fn engine(f: &Fixture, replica: &str) -> Arc<Engine> {
         sinks: Default::default(),
         tokens: None,
         reload: None,
+        probes: None,
     })
 }
 

@@ -102,6 +102,25 @@ async fn every_request_is_allowed_and_every_permission_is_used() {
         .await
         .unwrap();
 
+    // A [[bundle]] target in a ConfigMap: created (get + create), then
+    // replaced with a new bundle (get + update).
+    for (i, bundle_ca) in [&ca, &fixtures::test_ca()].into_iter().enumerate() {
+        let target = rekey::sink::trust::BundleTargetSpec {
+            name: "bundle/web".into(),
+            issuer: "default".into(),
+            sink: rekey::sink::trust::BundleSinkSpec::ConfigMap {
+                namespace: "web".into(),
+                name: "cluster-ca".into(),
+                key: "ca.crt".into(),
+            },
+            adopt: false,
+        };
+        let bundle = rekey::issue::TrustBundle::from_pem(bundle_ca.cert_pem()).unwrap();
+        rekey::sink::trust::write(&target, &bundle, &ctx)
+            .await
+            .unwrap_or_else(|e| panic!("bundle round {i}: {e}"));
+    }
+
     // Tokens: TokenRequest bound to a per-version Secret, published, retired.
     k.put(fixtures::service_account("ci", "deployer")).unwrap();
     let spec = fixtures::token_spec("ci", "deployer", &["api"], Duration::from_secs(3600), true);
