@@ -68,6 +68,8 @@ pub async fn run_scheduled(
     let opts = MigrateOptions::from_config(&config, Trigger::Schedule, &actor)
         .ok_or(JobError::Missing("encryption_config"))?;
     tracing::info!(schedule = expr, "scheduled etcd storage migration");
+    // Exported from the start, so that the first failure is an increase.
+    metrics::counter!("rekey_etcd_migration_failures_total").increment(0);
     on_cron(&schedule, &shutdown, |shutdown| {
         let (store, kube, opts) = (&store, &kube, &opts);
         async move {
