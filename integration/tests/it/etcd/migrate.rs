@@ -549,3 +549,46 @@ async fn api_servers_still_on_the_old_write_key_leave_values_stale_and_the_migra
         .unwrap();
     assert_eq!(status, "failed");
 }
+
+/// rekey's own ServiceAccount, with the RBAC `deploy/` ships: refused (the
+/// ClusterRole `rekey:etcd-migrate` is not bound by default), nothing
+/// written; once an administrator binds it, the same migration succeeds.
+#[tokio::test(flavor = "multi_thread")]
+async fn rekeys_service_account_migrates_once_rekey_etcd_migrate_is_bound() {
+    use k8s_openapi::api::rbac::v1::ClusterRoleBinding;
+    let etcd = Etcd::start();
+    let dir = tempfile::tempdir().unwrap();
+    let old = config(dir.path(), "old.yaml", &cbc_old());
+    let both = config(dir.path(), "both.yaml", &gcm_new_then_cbc_old());
+    let k = stand_in(&etcd, &old);
+    create(&k, 8, 2).await;
+    k.set_encryption_config(&both);
+    let before = stored(&etcd).await;
+
+    let (code, report, err) = migrate(&etcd, &k.kubeconfig(), &both, None, &["--max-rate", "0"]);
+    assert_ne!(code, 0, "{err}\n{report:#}");
+    let said = format!("{err}\n{report}").to_lowercase();
+    assert!(said.contains("forbidden"), "names the refusal: {said}");
+    assert_eq!(stored(&etcd).await, before, "nothing rewritten");
+
+    let binding: ClusterRoleBinding = serde_json::from_value(json!({
+        "metadata": {"name": "rekey:etcd-migrate"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "rekey:etcd-migrate"},
+        "subjects": [{"kind": "ServiceAccount", "name": "rekey", "namespace": "rekey"}],
+    }))
+    .unwrap();
+    Api::<ClusterRoleBinding>::all(k.admin_client().await)
+        .create(&PostParams::default(), &binding)
+        .await
+        .unwrap();
+    let (code, report, err) = migrate(&etcd, &k.kubeconfig(), &both, None, &["--max-rate", "0"]);
+    assert_eq!(code, 0, "{err}\n{report:#}");
+    assert_eq!(report["rewritten"], 10, "{report:#}");
+    assert_eq!(report["stale_after"], 0, "{report:#}");
+    assert!(
+        stored(&etcd)
+            .await
+            .iter()
+            .all(|(_, v, _)| v.starts_with("k8s:enc:aesgcm:v1:new:"))
+    );
+}

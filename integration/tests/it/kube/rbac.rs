@@ -251,6 +251,28 @@ async fn every_request_is_allowed_and_every_permission_is_used() {
         signer.issue(req(Duration::from_secs(5))).await.unwrap();
     }
 
+    // Storage migration, once an administrator binds rekey:etcd-migrate
+    // (not bound by deploy/): get and unchanged update of a Secret and a
+    // ConfigMap, as the migration rewrites each stale object.
+    k.put(json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+        "metadata": {"name": "rekey:etcd-migrate"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "rekey:etcd-migrate"},
+        "subjects": [{"kind": "ServiceAccount", "name": "rekey", "namespace": "rekey"}]}))
+    .unwrap();
+    k.put(json!({"apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "settings", "namespace": "ci"}, "data": {"k": "v"}}))
+        .unwrap();
+    for (resource, ns, name) in [
+        ("secrets", "web", "web-tls"),
+        ("configmaps", "ci", "settings"),
+    ] {
+        let gr = rekey::etcd::encryption::GroupResource::parse(resource);
+        let rewriter = rekey::etcd::migrate::rewrite::Rewriter::resolve(&client, &gr)
+            .await
+            .unwrap();
+        rewriter.rewrite(Some(ns), name).await.unwrap();
+    }
+
     // Admin API bearer tokens: TokenReview, then SubjectAccessReview.
     k.put(json!({"apiVersion": "v1", "kind": "ServiceAccount",
         "metadata": {"name": "api-caller", "namespace": "ci"}}))
