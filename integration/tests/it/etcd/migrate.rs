@@ -592,3 +592,57 @@ async fn rekeys_service_account_migrates_once_rekey_etcd_migrate_is_bound() {
             .all(|(_, v, _)| v.starts_with("k8s:enc:aesgcm:v1:new:"))
     );
 }
+
+/// On a terminal (a pseudo-terminal from util-linux `script`) the migration
+/// draws a progress bar with a count and ETA on stderr; not with `--json`,
+/// and not when stderr is not a terminal.
+#[tokio::test(flavor = "multi_thread")]
+async fn progress_is_drawn_on_a_terminal_only() {
+    let etcd = Etcd::start();
+    let dir = tempfile::tempdir().unwrap();
+    let old = config(dir.path(), "old.yaml", &cbc_old());
+    let both = config(dir.path(), "both.yaml", &gcm_new_then_cbc_old());
+    let k = stand_in(&etcd, &old);
+    create(&k, 24, 24).await;
+    k.set_encryption_config(&both);
+    let cmd = |extra: &str| {
+        format!(
+            "{} etcd migrate --encryption-config {} --endpoints {} --kubeconfig {} --max-rate 12 {extra}",
+            rekey_integration::bin::rekey_bin().display(),
+            both.display(),
+            etcd.endpoint,
+            k.admin_kubeconfig().display(),
+        )
+    };
+    let under_tty = |c: String| {
+        let out = std::process::Command::new("script")
+            .args(["-qec", &c, "/dev/null"])
+            .env("REKEY_LOG", "warn")
+            .output()
+            .expect("script (util-linux) runs the command under a pseudo-terminal");
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(out.status.success(), "{text}");
+        text
+    };
+    // Not a terminal: the ConfigMaps migrated (at ~12/s), no bar.
+    let (code, report, err) = migrate(
+        &etcd,
+        &k.admin_kubeconfig(),
+        &both,
+        None,
+        &["--max-rate", "12", "--resources", "configmaps"],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(report["rewritten"], 24, "{report:#}");
+    assert!(!err.contains("ETA"), "a bar without a terminal: {err}");
+    // --dry-run --json on a terminal: a plan, no bar.
+    let text = under_tty(cmd("--dry-run --json"));
+    assert!(text.contains("\"planned\": 24"), "{text}");
+    assert!(!text.contains("ETA"), "a bar was drawn with --json: {text}");
+    // On a terminal: the bar, counting towards 24 at ~12/s.
+    let text = under_tty(cmd(""));
+    assert!(
+        text.contains("migrate") && text.contains("/24") && text.contains("ETA"),
+        "no progress bar on a terminal: {text}"
+    );
+}
