@@ -278,3 +278,62 @@ async fn backups_record_and_escrow_their_keys_and_hold_a_key_until_pruned() {
     let (code, out, err) = retire(&etcd, &both, &db.url, "old");
     assert_eq!(code, 0, "{out}\n{err}");
 }
+
+/// A Secret a KMS provider encrypted cannot be opened without the KMS: the
+/// drill counts it as not verifiable locally, not as a failure, and still
+/// passes on the Secrets it can open.
+#[tokio::test(flavor = "multi_thread")]
+async fn kms_encrypted_secrets_are_not_verifiable_locally_not_failures() {
+    let db = fresh_db().await;
+    let etcd = Etcd::start();
+    let dir = tempfile::tempdir().unwrap();
+    let old = config(dir.path(), "old.yaml", &cbc_old());
+    let k = stand_in(&etcd, &old);
+    create(&k, 4, 0).await;
+    // As a kms v2 provider stores a value (its envelope cannot be opened
+    // here: no KMS plugin).
+    let mut c = rekey::etcd::client::connect(&etcd.config()).await.unwrap();
+    c.put(
+        "/registry/secrets/default/from-kms",
+        b"k8s:enc:kms:v2:vault:\x0a\x20opaque-envelope-bytes".to_vec(),
+        None,
+    )
+    .await
+    .unwrap();
+    let kek = kek_file(dir.path(), "kek");
+    let local = dir.path().join("backups");
+    let toml = dir.path().join("rekey.toml");
+    std::fs::write(
+        &toml,
+        format!(
+            "[database]\nurl = \"{}\"\n\n[etcd]\nendpoints = [\"{}\"]\nencryption_config = \"{}\"\n\n[backup]\ndestination = \"{}\"\nkek_file = \"{}\"\n",
+            db.url,
+            etcd.endpoint,
+            old.display(),
+            local.display(),
+            kek.display()
+        ),
+    )
+    .unwrap();
+    let backup = rekey_json(&["backup", "run", "--config", s(&toml)], &[]);
+    let (code, out, err) = rekey_run(
+        &[
+            "backup",
+            "verify",
+            "--json",
+            "--kek-file",
+            s(&kek),
+            "--from",
+            backup["location"].as_str().unwrap(),
+            "--decrypt-secrets",
+            "100",
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{out}\n{err}");
+    let report: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["secrets"]["found"], 5, "{report:#}");
+    assert_eq!(report["secrets_decrypted"], 4, "{report:#}");
+    assert_eq!(report["secrets_failed"], 0, "{report:#}");
+    assert_eq!(report["secrets"]["not_verifiable"], 1, "{report:#}");
+}
