@@ -336,6 +336,21 @@ impl Target {
         }
     }
 
+    /// Whether the object exists (standard input/output never does).
+    pub async fn exists(&self) -> Result<bool, LocationError> {
+        match self {
+            Self::Stdio => Ok(false),
+            Self::File(p) => tokio::fs::try_exists(p)
+                .await
+                .map_err(|e| LocationError::io(p, e)),
+            Self::Object { store, path, url } => match store.head(path).await {
+                Ok(_) => Ok(true),
+                Err(object_store::Error::NotFound { .. }) => Ok(false),
+                Err(e) => Err(LocationError::store(url, e)),
+            },
+        }
+    }
+
     /// Starts writing a new object; it appears under its name only on
     /// [`Writer::commit`].
     pub async fn create(&self) -> Result<Writer, LocationError> {

@@ -134,6 +134,33 @@ pub async fn discover(
     Ok(targets)
 }
 
+/// `targets` and, after each backup among them, its key escrow where there
+/// is one (an escrow is sealed under the same KEK: re-wrapping a backup
+/// without it would leave its keys unreadable with the new KEK).
+pub async fn with_escrows(
+    targets: Vec<Target>,
+    settings: &StoreSettings,
+) -> Result<Vec<Target>, BackupError> {
+    let mut out: Vec<Target> = Vec::with_capacity(targets.len());
+    for t in targets {
+        let location = t.display();
+        if out.iter().any(|o| o.display() == location) {
+            continue;
+        }
+        let escrow = (!location.ends_with(ESCROW_SUFFIX) && !matches!(t, Target::Stdio))
+            .then(|| Target::parse(&escrow::location_of(&location), settings))
+            .transpose()?;
+        out.push(t);
+        if let Some(e) = escrow
+            && !out.iter().any(|o| o.display() == e.display())
+            && e.exists().await?
+        {
+            out.push(e);
+        }
+    }
+    Ok(out)
+}
+
 /// Re-wraps every backup object under `destination` and every completed
 /// backup recorded under `old` (see [`discover`] and [`rewrap`]).
 pub async fn rewrap_all(

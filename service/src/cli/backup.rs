@@ -605,6 +605,9 @@ async fn rewrap_cmd(a: RewrapArgs) -> anyhow::Result<ExitCode> {
             .iter()
             .map(|f| Target::parse(f, &settings).map_err(|e| fail(e.into())))
             .collect::<anyhow::Result<Vec<_>>>()?;
+        let targets = rewrap::with_escrows(targets, &settings)
+            .await
+            .map_err(fail)?;
         rewrap::rewrap(&targets, &old, &new, store.as_ref(), CLI_ACTOR, show).await
     }
     .map_err(fail)?;

@@ -281,9 +281,10 @@ async fn backups_record_and_escrow_their_keys_and_hold_a_key_until_pruned() {
 
 /// A Secret a KMS provider encrypted cannot be opened without the KMS: the
 /// drill counts it as not verifiable locally, not as a failure, and still
-/// passes on the Secrets it can open.
+/// passes on the Secrets it can open. `rewrap --from` a backup re-wraps its
+/// escrow too, so the drill works with the new KEK.
 #[tokio::test(flavor = "multi_thread")]
-async fn kms_encrypted_secrets_are_not_verifiable_locally_not_failures() {
+async fn kms_secrets_are_not_verifiable_and_rewrap_from_takes_the_escrow_along() {
     let db = fresh_db().await;
     let etcd = Etcd::start();
     let dir = tempfile::tempdir().unwrap();
@@ -336,4 +337,48 @@ async fn kms_encrypted_secrets_are_not_verifiable_locally_not_failures() {
     assert_eq!(report["secrets_decrypted"], 4, "{report:#}");
     assert_eq!(report["secrets_failed"], 0, "{report:#}");
     assert_eq!(report["secrets"]["not_verifiable"], 1, "{report:#}");
+
+    // `rewrap --from` one backup re-wraps its escrow with it (named twice:
+    // once each); the drill then opens both with the new KEK.
+    let location = backup["location"].as_str().unwrap();
+    let new_kek = kek_file(dir.path(), "new-kek");
+    let rw = rekey_json(
+        &[
+            "backup",
+            "rewrap",
+            "--config",
+            s(&toml),
+            "--old-kek",
+            s(&kek),
+            "--new-kek",
+            s(&new_kek),
+            "--from",
+            location,
+            "--from",
+            location,
+        ],
+        &[],
+    );
+    assert_eq!(
+        rw["rewrapped"].as_array().unwrap().len(),
+        2,
+        "the backup and its escrow: {rw:#}"
+    );
+    let (code, out, err) = rekey_run(
+        &[
+            "backup",
+            "verify",
+            "--json",
+            "--kek-file",
+            s(&new_kek),
+            "--from",
+            location,
+            "--decrypt-secrets",
+            "100",
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{out}\n{err}");
+    let report: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["secrets_decrypted"], 4, "{report:#}");
 }
