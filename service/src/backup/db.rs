@@ -8,7 +8,7 @@ use crate::{
     etcd::census::KeyUse,
     store::{
         Store, StoreError,
-        audit::{NewEvent, Ticket, record_many},
+        audit::{NewEvent, Outcome, Ticket, record_many},
     },
 };
 
@@ -101,22 +101,55 @@ pub struct Finished {
     pub etcd_revision: i64,
 }
 
-/// Records a backup as `running`.
+/// How long a backup may stay `running` before it counts as abandoned (the
+/// process running it stopped: a snapshot of etcd's largest database is
+/// written in minutes). An abandoned run left no object behind (objects
+/// appear only when complete), so it holds no key and no place.
+pub const ABANDONED_AFTER_HOURS: i32 = 6;
+
+/// Records a backup as `running`; first marks runs that have been `running`
+/// for over [`ABANDONED_AFTER_HOURS`] `failed` (audited as
+/// `backup.abandoned`), in the same transaction.
 pub async fn insert_running(store: &Store, b: &NewBackup) -> Result<BackupRecord, StoreError> {
-    Ok(
-        sqlx::query_as::<_, BackupRecord>(sqlx::AssertSqlSafe(format!(
-            "INSERT INTO backups (id, location, status, requested_by, kek_id, chunk_size)
+    let mut tx = store.pool().begin().await?;
+    let abandoned: Vec<(Uuid, String)> = sqlx::query_as(
+        "UPDATE backups SET status = 'failed', finished_at = now(),
+                error = format('abandoned: still running after %s hours (the process running it stopped)', $1::int)
+         WHERE status = 'running' AND started_at < now() - make_interval(hours => $1)
+         RETURNING id, location",
+    )
+    .bind(ABANDONED_AFTER_HOURS)
+    .fetch_all(&mut *tx)
+    .await?;
+    let events: Vec<NewEvent> = abandoned
+        .iter()
+        .map(|(id, location)| {
+            let mut e = NewEvent::new(
+                &b.requested_by,
+                "backup.abandoned",
+                location,
+                Outcome::Failure,
+            );
+            e.details =
+                serde_json::json!({ "backup_id": id, "after_hours": ABANDONED_AFTER_HOURS });
+            e
+        })
+        .collect();
+    record_many(&mut *tx, &events).await?;
+    let record = sqlx::query_as::<_, BackupRecord>(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO backups (id, location, status, requested_by, kek_id, chunk_size)
          VALUES ($1, $2, 'running', $3, $4, $5)
          RETURNING {COLUMNS}"
-        )))
-        .bind(b.id)
-        .bind(&b.location)
-        .bind(&b.requested_by)
-        .bind(&b.kek_id)
-        .bind(b.chunk_size)
-        .fetch_one(store.pool())
-        .await?,
-    )
+    )))
+    .bind(b.id)
+    .bind(&b.location)
+    .bind(&b.requested_by)
+    .bind(&b.kek_id)
+    .bind(b.chunk_size)
+    .fetch_one(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(record)
 }
 
 /// Marks a running backup `completed` with what it produced, and records
@@ -161,13 +194,17 @@ pub async fn set_encryption_keys(
 }
 
 /// Backups that are kept and may be restored: completed ones, and running
-/// ones (about to be), newest first. What key retirement must respect.
+/// ones (about to be; not those abandoned, see [`ABANDONED_AFTER_HOURS`]),
+/// newest first. What key retirement must respect.
 pub async fn retained(store: &Store) -> Result<Vec<BackupRecord>, StoreError> {
     Ok(
         sqlx::query_as::<_, BackupRecord>(sqlx::AssertSqlSafe(format!(
-            "SELECT {COLUMNS} FROM backups WHERE status IN ('completed', 'running')
+            "SELECT {COLUMNS} FROM backups
+             WHERE status = 'completed'
+                OR (status = 'running' AND started_at >= now() - make_interval(hours => $1))
              ORDER BY started_at DESC, id"
         )))
+        .bind(ABANDONED_AFTER_HOURS)
         .fetch_all(store.pool())
         .await?,
     )

@@ -382,3 +382,85 @@ async fn kms_secrets_are_not_verifiable_and_rewrap_from_takes_the_escrow_along()
     let report: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(report["secrets_decrypted"], 4, "{report:#}");
 }
+
+/// A run that never finished (its process was killed) counts as needing
+/// every key while it may still be running, and is abandoned after
+/// `ABANDONED_AFTER_HOURS`: key retirement no longer waits for it, and the
+/// next `backup run` marks it failed, audited.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_backup_run_that_never_finished_is_abandoned_and_holds_no_key() {
+    let db = fresh_db().await;
+    let etcd = Etcd::start();
+    let dir = tempfile::tempdir().unwrap();
+    let old = config(dir.path(), "old.yaml", &cbc_old());
+    let both = config(dir.path(), "both.yaml", &gcm_new_then_cbc_old());
+    let k = stand_in(&etcd, &old);
+    create(&k, 3, 0).await;
+    k.set_encryption_config(&both);
+    let (code, _, err) = migrate(
+        &etcd,
+        &k.admin_kubeconfig(),
+        &both,
+        Some(&db.url),
+        &["--max-rate", "0"],
+    );
+    assert_eq!(code, 0, "{err}");
+    // A run killed mid-snapshot an hour ago: it may still be running.
+    let id = uuid::Uuid::new_v4();
+    sqlx::query(
+        "INSERT INTO backups (id, location, status, requested_by, kek_id, chunk_size, started_at)
+         VALUES ($1, 'file:///nowhere/x.rkb', 'running', 'rekey/cli', '0123456789abcdef', 65536,
+                 now() - interval '1 hour')",
+    )
+    .bind(id)
+    .execute(db.pool())
+    .await
+    .unwrap();
+    let (code, _, err) = retire(&etcd, &both, &db.url, "old");
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains(&id.to_string()), "names the run: {err}");
+    // Seven hours on: abandoned.
+    sqlx::query("UPDATE backups SET started_at = now() - interval '7 hours' WHERE id = $1")
+        .bind(id)
+        .execute(db.pool())
+        .await
+        .unwrap();
+    let kek = kek_file(dir.path(), "kek");
+    let toml = dir.path().join("rekey.toml");
+    std::fs::write(
+        &toml,
+        format!(
+            "[database]\nurl = \"{}\"\n\n[etcd]\nendpoints = [\"{}\"]\nencryption_config = \"{}\"\n\n[backup]\ndestination = \"{}\"\nkek_file = \"{}\"\n",
+            db.url,
+            etcd.endpoint,
+            both.display(),
+            dir.path().join("backups").display(),
+            kek.display()
+        ),
+    )
+    .unwrap();
+    rekey_json(&["backup", "run", "--config", s(&toml)], &[]);
+    let list = rekey_json(&["backup", "list", "--config", s(&toml)], &[]);
+    let row = list["backups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["id"] == id.to_string())
+        .cloned()
+        .unwrap_or_else(|| panic!("{list:#}"));
+    assert_eq!(row["status"], "failed", "{row:#}");
+    assert!(
+        row["error"].as_str().unwrap().starts_with("abandoned:"),
+        "{row:#}"
+    );
+    let audited: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM audit_events WHERE action = 'backup.abandoned' AND details->>'backup_id' = $1",
+    )
+    .bind(id.to_string())
+    .fetch_one(db.pool())
+    .await
+    .unwrap();
+    assert_eq!(audited, 1);
+    let (code, _, err) = retire(&etcd, &both, &db.url, "old");
+    assert_eq!(code, 0, "the abandoned run holds no key: {err}");
+}
