@@ -47,7 +47,10 @@ use async_trait::async_trait;
 use secrecy::ExposeSecret;
 use zeroize::Zeroizing;
 
-use super::model::{BundleOutcome, BundleUpdate, Material, Publication, Sink, SinkError};
+use super::{
+    blocking::{OwnedBundleUpdate, OwnedPublication},
+    model::{BundleOutcome, BundleUpdate, Material, Publication, Sink, SinkError},
+};
 use crate::issue::bundle::fingerprint_of_pem;
 
 /// Name of the marker file holding the published version id.
@@ -439,36 +442,16 @@ impl FileSink {
         &self,
         f: impl FnOnce(FileSink) -> Result<T, SinkError> + Send + 'static,
     ) -> Result<T, SinkError> {
-        let sink = self.clone();
-        tokio::task::spawn_blocking(move || f(sink))
-            .await
-            .map_err(|e| SinkError::Io {
-                path: self.dir.display().to_string(),
-                source: std::io::Error::other(e),
-            })?
+        super::blocking::run(self.clone(), &self.dir, f).await
     }
 }
 
 #[async_trait]
 impl Sink for FileSink {
     async fn publish(&self, publication: &Publication<'_>) -> Result<(), SinkError> {
-        let (credential, version, not_after, material, adopt) = (
-            publication.credential.to_string(),
-            publication.version,
-            publication.not_after,
-            publication.material.clone(),
-            publication.adopt,
-        );
-        self.blocking(move |sink| {
-            sink.publish_blocking(&Publication {
-                credential: &credential,
-                version,
-                not_after,
-                material: &material,
-                adopt,
-            })
-        })
-        .await
+        let p = OwnedPublication::of(publication);
+        self.blocking(move |sink| sink.publish_blocking(&p.get()))
+            .await
     }
 
     async fn published_version(&self) -> Result<Option<i64>, SinkError> {
@@ -477,19 +460,9 @@ impl Sink for FileSink {
     }
 
     async fn publish_bundle(&self, update: &BundleUpdate<'_>) -> Result<BundleOutcome, SinkError> {
-        let (credential, version, bundle) = (
-            update.credential.to_string(),
-            update.version,
-            update.bundle.clone(),
-        );
-        self.blocking(move |sink| {
-            sink.publish_bundle_blocking(&BundleUpdate {
-                credential: &credential,
-                version,
-                bundle: &bundle,
-            })
-        })
-        .await
+        let u = OwnedBundleUpdate::of(update);
+        self.blocking(move |sink| sink.publish_bundle_blocking(&u.get()))
+            .await
     }
 
     async fn published_bundle(&self) -> Result<Option<String>, SinkError> {

@@ -35,7 +35,10 @@ use base64::Engine as _;
 use secrecy::{ExposeSecret, SecretString};
 use zeroize::Zeroizing;
 
-use super::model::{BundleOutcome, BundleUpdate, Material, Publication, Sink, SinkError};
+use super::{
+    blocking::{OwnedBundleUpdate, OwnedPublication},
+    model::{BundleOutcome, BundleUpdate, Material, Publication, Sink, SinkError},
+};
 use crate::issue::bundle::fingerprint_of_pem;
 
 /// The name of the extension holding the version marker.
@@ -347,36 +350,16 @@ impl KubeconfigSink {
         &self,
         f: impl FnOnce(KubeconfigSink) -> Result<T, SinkError> + Send + 'static,
     ) -> Result<T, SinkError> {
-        let sink = self.clone();
-        tokio::task::spawn_blocking(move || f(sink))
-            .await
-            .map_err(|e| SinkError::Io {
-                path: self.path.display().to_string(),
-                source: std::io::Error::other(e),
-            })?
+        super::blocking::run(self.clone(), &self.path, f).await
     }
 }
 
 #[async_trait]
 impl Sink for KubeconfigSink {
     async fn publish(&self, p: &Publication<'_>) -> Result<(), SinkError> {
-        let (credential, version, not_after, material, adopt) = (
-            p.credential.to_string(),
-            p.version,
-            p.not_after,
-            p.material.clone(),
-            p.adopt,
-        );
-        self.blocking(move |sink| {
-            sink.publish_blocking(&Publication {
-                credential: &credential,
-                version,
-                not_after,
-                material: &material,
-                adopt,
-            })
-        })
-        .await
+        let p = OwnedPublication::of(p);
+        self.blocking(move |sink| sink.publish_blocking(&p.get()))
+            .await
     }
 
     async fn published_version(&self) -> Result<Option<i64>, SinkError> {
@@ -389,15 +372,9 @@ impl Sink for KubeconfigSink {
     }
 
     async fn publish_bundle(&self, u: &BundleUpdate<'_>) -> Result<BundleOutcome, SinkError> {
-        let (credential, version, bundle) = (u.credential.to_string(), u.version, u.bundle.clone());
-        self.blocking(move |sink| {
-            sink.publish_bundle_blocking(&BundleUpdate {
-                credential: &credential,
-                version,
-                bundle: &bundle,
-            })
-        })
-        .await
+        let u = OwnedBundleUpdate::of(u);
+        self.blocking(move |sink| sink.publish_bundle_blocking(&u.get()))
+            .await
     }
 
     async fn published_bundle(&self) -> Result<Option<String>, SinkError> {

@@ -14,6 +14,7 @@
 //! - [`trust`]: `[[bundle]]` targets (a trust bundle alone, to a file or a
 //!   ConfigMap key).
 
+mod blocking;
 pub mod build;
 pub mod file;
 pub mod kubeconfig;
