@@ -8,7 +8,7 @@
 //! `prune` deletes it with its backup; and `rotate-key --retire` refuses a
 //! key while a retained backup needs it.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use super::util::{kek_file, ls, rekey_json, rekey_run};
 use crate::etcd::migrate::{
@@ -19,6 +19,31 @@ use serde_json::Value;
 
 fn s(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
+}
+
+/// `DIR/rekey.toml` for `backup run` of `etcd` into `destination`, with
+/// `encryption_config` (whose keys are escrowed) and the KEK file `kek`.
+fn backup_config(
+    dir: &Path,
+    db: &str,
+    etcd: &Etcd,
+    encryption_config: &Path,
+    destination: &Path,
+    kek: &Path,
+) -> PathBuf {
+    let toml = dir.join("rekey.toml");
+    std::fs::write(
+        &toml,
+        format!(
+            "[database]\nurl = \"{db}\"\n\n[etcd]\nendpoints = [\"{}\"]\nencryption_config = \"{}\"\n\n[backup]\ndestination = \"{}\"\nkek_file = \"{}\"\n",
+            etcd.endpoint,
+            encryption_config.display(),
+            destination.display(),
+            kek.display()
+        ),
+    )
+    .unwrap();
+    toml
 }
 
 fn key<'a>(rec: &'a Value, label: &str) -> &'a Value {
@@ -42,19 +67,7 @@ async fn backups_record_and_escrow_their_keys_and_hold_a_key_until_pruned() {
     k.set_encryption_config(&both);
     let kek = kek_file(dir.path(), "kek");
     let local = dir.path().join("backups");
-    let toml = dir.path().join("rekey.toml");
-    std::fs::write(
-        &toml,
-        format!(
-            "[database]\nurl = \"{}\"\n\n[etcd]\nendpoints = [\"{}\"]\nencryption_config = \"{}\"\n\n[backup]\ndestination = \"{}\"\nkek_file = \"{}\"\n",
-            db.url,
-            etcd.endpoint,
-            both.display(),
-            local.display(),
-            kek.display()
-        ),
-    )
-    .unwrap();
+    let toml = backup_config(dir.path(), &db.url, &etcd, &both, &local, &kek);
 
     // The first backup: five values under aescbc:old; aesgcm:new writes.
     let first = rekey_json(&["backup", "run", "--config", s(&toml)], &[]);
@@ -303,19 +316,7 @@ async fn kms_secrets_are_not_verifiable_and_rewrap_from_takes_the_escrow_along()
     .unwrap();
     let kek = kek_file(dir.path(), "kek");
     let local = dir.path().join("backups");
-    let toml = dir.path().join("rekey.toml");
-    std::fs::write(
-        &toml,
-        format!(
-            "[database]\nurl = \"{}\"\n\n[etcd]\nendpoints = [\"{}\"]\nencryption_config = \"{}\"\n\n[backup]\ndestination = \"{}\"\nkek_file = \"{}\"\n",
-            db.url,
-            etcd.endpoint,
-            old.display(),
-            local.display(),
-            kek.display()
-        ),
-    )
-    .unwrap();
+    let toml = backup_config(dir.path(), &db.url, &etcd, &old, &local, &kek);
     let backup = rekey_json(&["backup", "run", "--config", s(&toml)], &[]);
     let (code, out, err) = rekey_run(
         &[
@@ -426,19 +427,14 @@ async fn a_backup_run_that_never_finished_is_abandoned_and_holds_no_key() {
         .await
         .unwrap();
     let kek = kek_file(dir.path(), "kek");
-    let toml = dir.path().join("rekey.toml");
-    std::fs::write(
-        &toml,
-        format!(
-            "[database]\nurl = \"{}\"\n\n[etcd]\nendpoints = [\"{}\"]\nencryption_config = \"{}\"\n\n[backup]\ndestination = \"{}\"\nkek_file = \"{}\"\n",
-            db.url,
-            etcd.endpoint,
-            both.display(),
-            dir.path().join("backups").display(),
-            kek.display()
-        ),
-    )
-    .unwrap();
+    let toml = backup_config(
+        dir.path(),
+        &db.url,
+        &etcd,
+        &both,
+        &dir.path().join("backups"),
+        &kek,
+    );
     rekey_json(&["backup", "run", "--config", s(&toml)], &[]);
     let list = rekey_json(&["backup", "list", "--config", s(&toml)], &[]);
     let row = list["backups"]
