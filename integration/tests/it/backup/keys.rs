@@ -11,9 +11,7 @@
 use std::path::{Path, PathBuf};
 
 use super::util::{kek_file, ls, rekey_json, rekey_run};
-use crate::etcd::migrate::{
-    CBC, GCM, cbc_old, config, create, gcm_new_then_cbc_old, migrate, retire, stand_in,
-};
+use crate::etcd::migrate::{CBC, GCM, Stale, cbc_old, config, create, migrate, retire, stand_in};
 use rekey_integration::{etcd::Etcd, pg::fresh_db};
 use serde_json::Value;
 
@@ -58,13 +56,13 @@ fn key<'a>(rec: &'a Value, label: &str) -> &'a Value {
 #[tokio::test(flavor = "multi_thread")]
 async fn backups_record_and_escrow_their_keys_and_hold_a_key_until_pruned() {
     let db = fresh_db().await;
-    let etcd = Etcd::start();
-    let dir = tempfile::tempdir().unwrap();
-    let old = config(dir.path(), "old.yaml", &cbc_old());
-    let both = config(dir.path(), "both.yaml", &gcm_new_then_cbc_old());
-    let k = stand_in(&etcd, &old);
-    create(&k, 5, 0).await;
-    k.set_encryption_config(&both);
+    let Stale {
+        etcd,
+        dir,
+        old: _old,
+        both,
+        k,
+    } = Stale::new(5, 0).await;
     let kek = kek_file(dir.path(), "kek");
     let local = dir.path().join("backups");
     let toml = backup_config(dir.path(), &db.url, &etcd, &both, &local, &kek);
@@ -391,13 +389,13 @@ async fn kms_secrets_are_not_verifiable_and_rewrap_from_takes_the_escrow_along()
 #[tokio::test(flavor = "multi_thread")]
 async fn a_backup_run_that_never_finished_is_abandoned_and_holds_no_key() {
     let db = fresh_db().await;
-    let etcd = Etcd::start();
-    let dir = tempfile::tempdir().unwrap();
-    let old = config(dir.path(), "old.yaml", &cbc_old());
-    let both = config(dir.path(), "both.yaml", &gcm_new_then_cbc_old());
-    let k = stand_in(&etcd, &old);
-    create(&k, 3, 0).await;
-    k.set_encryption_config(&both);
+    let Stale {
+        etcd,
+        dir,
+        old: _old,
+        both,
+        k,
+    } = Stale::new(3, 0).await;
     let (code, _, err) = migrate(
         &etcd,
         &k.admin_kubeconfig(),

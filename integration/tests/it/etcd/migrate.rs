@@ -85,6 +85,37 @@ pub async fn create(k: &KubeStandIn, secrets: usize, configmaps: usize) {
     }
 }
 
+/// Real etcd behind the stand-in: `secrets` Secrets and `configmaps`
+/// ConfigMaps written under the old aescbc key (`old`), then the API
+/// servers restarted with the new aesgcm write key first (`both`): every
+/// value is stale.
+pub struct Stale {
+    pub etcd: Etcd,
+    pub dir: tempfile::TempDir,
+    pub old: PathBuf,
+    pub both: PathBuf,
+    pub k: KubeStandIn,
+}
+
+impl Stale {
+    pub async fn new(secrets: usize, configmaps: usize) -> Self {
+        let etcd = Etcd::start();
+        let dir = tempfile::tempdir().unwrap();
+        let old = config(dir.path(), "old.yaml", &cbc_old());
+        let both = config(dir.path(), "both.yaml", &gcm_new_then_cbc_old());
+        let k = stand_in(&etcd, &old);
+        create(&k, secrets, configmaps).await;
+        k.set_encryption_config(&both);
+        Self {
+            etcd,
+            dir,
+            old,
+            both,
+            k,
+        }
+    }
+}
+
 /// Every key under `/registry/` with its value's prefix and mod revision.
 pub async fn stored(etcd: &Etcd) -> Vec<(String, String, i64)> {
     let mut c = rekey::etcd::client::connect(&etcd.config()).await.unwrap();
@@ -333,13 +364,13 @@ async fn stale_values_are_rewritten_under_the_new_write_key_until_none_is_left()
 
 #[tokio::test(flavor = "multi_thread")]
 async fn conflicts_and_deleted_objects_are_answers_and_the_rate_is_kept() {
-    let etcd = Etcd::start();
-    let dir = tempfile::tempdir().unwrap();
-    let old = config(dir.path(), "old.yaml", &cbc_old());
-    let both = config(dir.path(), "both.yaml", &gcm_new_then_cbc_old());
-    let k = stand_in(&etcd, &old);
-    create(&k, 12, 0).await;
-    k.set_encryption_config(&both);
+    let Stale {
+        etcd,
+        dir: _dir,
+        old: _old,
+        both,
+        k,
+    } = Stale::new(12, 0).await;
     // Two PUTs answered 409 (someone else wrote it) and one GET 404 (deleted
     // meanwhile): neither fails the migration; the re-scan still finds those
     // three stale, so a second pass rewrites them.
@@ -399,13 +430,13 @@ async fn serve(
 async fn post_v1_etcd_migrate_is_for_admins_and_migrates() {
     let db = fresh_db().await;
     let pki = rekey_integration::api::Pki::new();
-    let etcd = Etcd::start();
-    let dir = tempfile::tempdir().unwrap();
-    let old = config(dir.path(), "old.yaml", &cbc_old());
-    let both = config(dir.path(), "both.yaml", &gcm_new_then_cbc_old());
-    let k = stand_in(&etcd, &old);
-    create(&k, 8, 2).await;
-    k.set_encryption_config(&both);
+    let Stale {
+        etcd,
+        dir: _dir,
+        old: _old,
+        both,
+        k,
+    } = Stale::new(8, 2).await;
     let srv = serve(&db, &pki, &etcd, &k, &both, "").await;
     let url = format!("{}/v1/etcd/migrate", srv.url);
     let r = pki.client("operator").post(&url).send().await.unwrap();
@@ -472,13 +503,13 @@ async fn post_v1_etcd_migrate_is_for_admins_and_migrates() {
 async fn the_scheduled_migration_rewrites_what_is_stale() {
     let db = fresh_db().await;
     let pki = rekey_integration::api::Pki::new();
-    let etcd = Etcd::start();
-    let dir = tempfile::tempdir().unwrap();
-    let old = config(dir.path(), "old.yaml", &cbc_old());
-    let both = config(dir.path(), "both.yaml", &gcm_new_then_cbc_old());
-    let k = stand_in(&etcd, &old);
-    create(&k, 6, 1).await;
-    k.set_encryption_config(&both);
+    let Stale {
+        etcd,
+        dir: _dir,
+        old: _old,
+        both,
+        k,
+    } = Stale::new(6, 1).await;
     let srv = serve(
         &db,
         &pki,
@@ -556,13 +587,13 @@ async fn api_servers_still_on_the_old_write_key_leave_values_stale_and_the_migra
 #[tokio::test(flavor = "multi_thread")]
 async fn rekeys_service_account_migrates_once_rekey_etcd_migrate_is_bound() {
     use k8s_openapi::api::rbac::v1::ClusterRoleBinding;
-    let etcd = Etcd::start();
-    let dir = tempfile::tempdir().unwrap();
-    let old = config(dir.path(), "old.yaml", &cbc_old());
-    let both = config(dir.path(), "both.yaml", &gcm_new_then_cbc_old());
-    let k = stand_in(&etcd, &old);
-    create(&k, 8, 2).await;
-    k.set_encryption_config(&both);
+    let Stale {
+        etcd,
+        dir: _dir,
+        old: _old,
+        both,
+        k,
+    } = Stale::new(8, 2).await;
     let before = stored(&etcd).await;
 
     let (code, report, err) = migrate(&etcd, &k.kubeconfig(), &both, None, &["--max-rate", "0"]);
@@ -598,13 +629,13 @@ async fn rekeys_service_account_migrates_once_rekey_etcd_migrate_is_bound() {
 /// and not when stderr is not a terminal.
 #[tokio::test(flavor = "multi_thread")]
 async fn progress_is_drawn_on_a_terminal_only() {
-    let etcd = Etcd::start();
-    let dir = tempfile::tempdir().unwrap();
-    let old = config(dir.path(), "old.yaml", &cbc_old());
-    let both = config(dir.path(), "both.yaml", &gcm_new_then_cbc_old());
-    let k = stand_in(&etcd, &old);
-    create(&k, 24, 24).await;
-    k.set_encryption_config(&both);
+    let Stale {
+        etcd,
+        dir: _dir,
+        old: _old,
+        both,
+        k,
+    } = Stale::new(24, 24).await;
     let cmd = |extra: &str| {
         format!(
             "{} etcd migrate --encryption-config {} --endpoints {} --kubeconfig {} --max-rate 12 {extra}",
