@@ -9,6 +9,7 @@
 
 pub mod api;
 pub mod bin;
+pub mod consumers;
 pub mod deploy;
 pub mod etcd;
 pub mod gcs;

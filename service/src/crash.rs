@@ -58,6 +58,22 @@ pub const POINTS: &[(&str, &str)] = &[
         "backup: object complete, not yet recorded as completed",
     ),
     (
+        "ca-after-trust",
+        "CA rotation: every sink holds the old+new bundle, re-issuing not yet started",
+    ),
+    (
+        "ca-mid-reissue",
+        "CA rotation: the new CA signs, some leaves marked for re-issue",
+    ),
+    (
+        "ca-after-narrow",
+        "CA rotation: bundles narrowed to the new CA, not yet published",
+    ),
+    (
+        "ca-mid-promote",
+        "CA rotation: the new CA's key in place of the old, its certificate not yet",
+    ),
+    (
         "etcd-migrate-mid-batch",
         "etcd migrate: half of a page's objects rewritten, its progress not yet saved",
     ),

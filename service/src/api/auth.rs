@@ -153,6 +153,10 @@ pub enum Action {
     ReadAudit,
     /// `GET /metrics` on the API listener.
     ReadMetrics,
+    /// `GET /v1/issuers`, `GET /v1/issuers/{name}`
+    ReadIssuers,
+    /// `POST /v1/issuers/{name}/rotate`
+    RotateIssuer,
 }
 
 /// RBAC attributes of an action for SubjectAccessReview.
@@ -176,11 +180,15 @@ impl Action {
             | Self::ListBootstrapTokens
             | Self::ListBackups
             | Self::ReadAudit
-            | Self::ReadMetrics => Role::Viewer,
+            | Self::ReadMetrics
+            | Self::ReadIssuers => Role::Viewer,
             Self::RotateCredential | Self::RevokeBootstrapToken => Role::Operator,
             // Verification decrypts stored secrets; a backup copies all of etcd.
             // A storage migration rewrites every stale object.
-            Self::VerifyEtcd | Self::MigrateEtcd | Self::RunBackup => Role::Admin,
+            // A CA rotation re-issues every leaf of the issuer.
+            Self::VerifyEtcd | Self::MigrateEtcd | Self::RunBackup | Self::RotateIssuer => {
+                Role::Admin
+            }
         }
     }
 
@@ -192,6 +200,7 @@ impl Action {
             Self::VerifyEtcd => Some("etcd.verify"),
             Self::MigrateEtcd => Some("etcd.migrate"),
             Self::RunBackup => Some("backup.run"),
+            Self::RotateIssuer => Some("ca.rotate"),
             _ => None,
         }
     }
@@ -216,6 +225,8 @@ impl Action {
             Self::RunBackup => a("backups", None, "create"),
             Self::ReadAudit => a("auditevents", None, "list"),
             Self::ReadMetrics => a("metrics", None, "get"),
+            Self::ReadIssuers => a("issuers", None, "get"),
+            Self::RotateIssuer => a("issuers", Some("rotate"), "create"),
         }
     }
 

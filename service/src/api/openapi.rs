@@ -9,7 +9,7 @@ use axum::{
 use utoipa::OpenApi;
 
 use super::{
-    handlers::{audit, backups, bootstrap_tokens, credentials, etcd, health, rotations},
+    handlers::{audit, backups, bootstrap_tokens, credentials, etcd, health, issuers, rotations},
     problem::{PROBLEM_JSON, Problem},
     views::{
         AuditEventView, AuditPage, BackupList, BootstrapTokenList, CredentialDetail,
@@ -41,7 +41,8 @@ pub async fn openapi_json() -> Response {
         credentials::list_credentials, credentials::get_credential,
         credentials::rotate_credential, rotations::get_rotation,
         bootstrap_tokens::list_bootstrap_tokens, bootstrap_tokens::revoke_bootstrap_token,
-        etcd::verify_etcd, etcd::migrate_etcd, backups::list_backups, backups::run_backup, audit::list_audit,
+        etcd::verify_etcd, etcd::migrate_etcd, issuers::list_issuers, issuers::get_issuer,
+        issuers::rotate_issuer, backups::list_backups, backups::run_backup, audit::list_audit,
         health::metrics_authed, health::healthz, health::readyz, openapi_json
     ),
     components(schemas(Problem, CredentialView, CredentialList, CredentialSummary, CredentialDetail, RotationView,
@@ -51,6 +52,7 @@ pub async fn openapi_json() -> Response {
         (name = "credentials", description = "Inventory and rotate now"),
         (name = "bootstrap-tokens", description = "Bootstrap-token revocation"),
         (name = "etcd", description = "etcd encryption-at-rest verification"),
+        (name = "issuers", description = "Issuers, trust bundles and CA rotation"),
         (name = "backups", description = "Encrypted etcd backups"),
         (name = "audit", description = "The append-only audit log"),
         (name = "operations", description = "Health, readiness, metrics, this document")

@@ -19,7 +19,7 @@ use super::{
     context::{Inner, Shared},
     error::ApiError,
     handlers::{
-        audit, backups, bootstrap_tokens, credentials, etcd, health,
+        audit, backups, bootstrap_tokens, credentials, etcd, health, issuers,
         rotations::{self, ROTATION_DONE_CHANNEL},
     },
     middleware::{
@@ -81,6 +81,9 @@ pub fn router(
             "/v1/backups",
             get(backups::list_backups).post(backups::run_backup),
         )
+        .route("/v1/issuers", get(issuers::list_issuers))
+        .route("/v1/issuers/{name}", get(issuers::get_issuer))
+        .route("/v1/issuers/{name}/rotate", post(issuers::rotate_issuer))
         .route("/v1/audit", get(audit::list_audit))
         .route("/metrics", get(health::metrics_authed))
         .route("/healthz", get(health::healthz))

@@ -42,6 +42,8 @@ pub struct Capabilities {
     pub backup: Option<crate::backup::BackupConfig>,
     /// `[bootstrap_tokens]`, for `POST /v1/bootstrap-tokens/{id}/revoke`.
     pub bootstrap_tokens: Option<crate::k8s::BootstrapTokensConfig>,
+    /// The issuers (following their CA rotations), for `/v1/issuers`.
+    pub issuers: Option<Arc<crate::rotate::ca_rotation::follow::Follower>>,
 }
 
 impl ApiState {

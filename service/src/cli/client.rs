@@ -241,7 +241,7 @@ impl ApiClient {
             Err(_) => format!("the server answered {status}"),
         };
         Err(match status.as_u16() {
-            400 | 404 | 409 | 413 | 415 => bad(msg),
+            400 | 404 | 409 | 413 | 415 | 422 => bad(msg),
             _ => anyhow::anyhow!(msg),
         })
     }
@@ -268,6 +268,38 @@ impl ApiClient {
             req = req.header("idempotency-key", k);
         }
         let resp = self.send(req).await?;
+        self.json(resp).await
+    }
+
+    /// `POST /v1/issuers/{name}/rotate`.
+    pub async fn rotate_issuer(
+        &self,
+        issuer: &str,
+        body: &serde_json::Value,
+    ) -> anyhow::Result<super::ca::RotateAnswer> {
+        let encoded =
+            percent_encoding::utf8_percent_encode(issuer, percent_encoding::NON_ALPHANUMERIC);
+        let url = self.url(&format!("v1/issuers/{encoded}/rotate"))?;
+        let resp = self.send(self.http.post(url).json(body)).await?;
+        self.json(resp).await
+    }
+
+    /// `GET /v1/issuers`.
+    pub async fn issuers(&self) -> anyhow::Result<crate::rotate::ca_rotation::request::StatusDoc> {
+        let resp = self.send(self.http.get(self.url("v1/issuers")?)).await?;
+        self.json(resp).await
+    }
+
+    /// `GET /v1/issuers/{name}`.
+    pub async fn issuer(
+        &self,
+        issuer: &str,
+    ) -> anyhow::Result<crate::rotate::ca_rotation::request::IssuerView> {
+        let encoded =
+            percent_encoding::utf8_percent_encode(issuer, percent_encoding::NON_ALPHANUMERIC);
+        let resp = self
+            .send(self.http.get(self.url(&format!("v1/issuers/{encoded}"))?))
+            .await?;
         self.json(resp).await
     }
 

@@ -66,7 +66,7 @@ enum Command {
     Status(status::StatusArgs),
     /// Rotate a credential now, through the admin API.
     Rotate(rotate::RotateArgs),
-    /// The internal certificate authority.
+    /// Certificate authorities: create one, rotate an issuer's CA, show issuers.
     #[command(subcommand)]
     Ca(ca::CaCommand),
     /// Bootstrap tokens.
@@ -142,7 +142,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Dev(args) => dev::run(args).await,
         Command::Status(args) => status::run(args).await,
         Command::Rotate(args) => rotate::run(args).await,
-        Command::Ca(cmd) => ca::run(cmd),
+        Command::Ca(cmd) => ca::run(cmd).await,
         Command::Token(cmd) => token::run(cmd).await,
         Command::Etcd(cmd) => etcd::run(cmd).await,
         Command::Backup(cmd) => backup::run(cmd).await,

@@ -200,7 +200,7 @@ pub async fn run(cmd: TokenCommand) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn whoami() -> String {
+pub(super) fn whoami() -> String {
     std::env::var("USER").unwrap_or_else(|_| "unknown".into())
 }
 

@@ -223,6 +223,26 @@ pub fn leaf_key_usages(key: KeyType) -> Vec<KeyUsagePurpose> {
 }
 
 impl CertAuthority {
+    /// Its subjectKeyIdentifier, hex (what a leaf's authorityKeyIdentifier
+    /// names); `None` for a CA certificate without one.
+    pub fn key_id_hex(&self) -> Option<String> {
+        let (_, x) = x509_parser::parse_x509_certificate(&self.cert_der).ok()?;
+        subject_key_identifier(&x).map(hex::encode)
+    }
+
+    /// The common name of its subject, if it has one.
+    pub fn common_name(&self) -> Option<String> {
+        let (_, x) = x509_parser::parse_x509_certificate(&self.cert_der).ok()?;
+        let cn = x
+            .subject()
+            .iter_common_name()
+            .next()?
+            .as_str()
+            .ok()?
+            .to_string();
+        Some(cn)
+    }
+
     /// Creates a new self-signed CA; returns it and its private key PEM.
     /// Its subjectKeyIdentifier is RFC 7093 method 1 ([`key_identifier`]).
     pub fn generate(

@@ -87,6 +87,10 @@ pub struct IssuerConfig {
     /// `{namespace}` for its namespace); none when absent.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allowed_dns_names: Vec<String>,
+    /// `ca`: start a CA rotation by itself when the CA has less than this
+    /// left (none when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotate_before: Option<crate::units::HumanDuration>,
 }
 
 /// Where a `ca` issuer's CA lives.
@@ -192,6 +196,7 @@ impl IssuerConfig {
                     ("ca_cert", self.ca_cert.is_some()),
                     ("ca_key", self.ca_key.is_some()),
                     ("secret", self.secret.is_some()),
+                    ("rotate_before", self.rotate_before.is_some()),
                 ] {
                     if set {
                         return f(
@@ -202,6 +207,9 @@ impl IssuerConfig {
                     }
                 }
             }
+        }
+        if self.rotate_before.is_some_and(|d| d.get().is_zero()) {
+            return f("rotate_before", "must be more than 0".into());
         }
         IssuerPolicy::parse(&self.allowed_namespaces, &self.allowed_dns_names)?;
         Ok(())
@@ -410,7 +418,9 @@ mod tests {
         }
         let e = parse("[issuer]\nkind = \"vault\"\n").unwrap_err();
         assert!(e.starts_with("issuer.kind"), "{e}");
-        let e = parse("[issuer]\nrotate_before = \"30d\"\n").unwrap_err();
+        let e = parse("[issuer]\nrotate_before = \"soon\"\n").unwrap_err();
         assert!(e.starts_with("issuer.rotate_before"), "{e}");
+        let e = parse("[issuer]\nrotate_beffore = \"30d\"\n").unwrap_err();
+        assert!(e.starts_with("issuer.rotate_beffore"), "{e}");
     }
 }

@@ -31,12 +31,14 @@
 //!   superseded versions after their grace period.
 //! - [`probe`]: consumer probes (what a certificate's consumer serves);
 //!   [`bundles`]: trust bundles republished without re-issuing, and
-//!   `[[bundle]]` targets.
+//!   `[[bundle]]` targets; [`ca_rotation`]: rotating an issuer's CA without
+//!   a failed handshake.
 //! - [`tokens`]: `[[token]]` and the traits `k8s` implements;
 //!   [`settings`]: `[engine]`; [`events`], [`error`].
 
 pub mod batch;
 pub mod bundles;
+pub mod ca_rotation;
 pub mod declare;
 pub mod engine;
 pub mod error;

@@ -21,7 +21,13 @@ use crate::{
     error::{BadInput, BadInputExt},
     issue::TrustBundles,
     k8s::wiring::Kube,
-    rotate::{Engine, EngineDeps, bundles::BundleTargets, declare, probe::Prober},
+    rotate::{
+        Engine, EngineDeps,
+        bundles::BundleTargets,
+        ca_rotation::{Rotator, follow::Follower},
+        declare,
+        probe::Prober,
+    },
     sink::SinkContext,
     store::{Store, StoreError},
 };
@@ -157,12 +163,22 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
                 shutdown.clone(),
             )
         });
+    // Every replica's issuers follow their CA rotations (before the engine
+    // signs anything: a restart mid-rotation signs with the phase's CA).
+    let follower = Follower::new(store.clone(), issuers.clone());
+    follower
+        .sync_all()
+        .await
+        .map_err(|e| anyhow::anyhow!("reading the CA rotations: {e}"))?;
+    let rotates_cas = issuers
+        .iter()
+        .any(|i| i.kind() == crate::issue::IssuerKind::Ca);
     let engine = Engine::new(EngineDeps {
         store: store.clone(),
         replica,
         config: config.engine.clone(),
         issuers,
-        sinks,
+        sinks: sinks.clone(),
         tokens: kube.as_ref().map(|k| k.token_issuer()),
         reload: kube.as_ref().map(|k| k.reload()),
         probes: probes.clone(),
@@ -198,6 +214,34 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         tasks.spawn(async move {
             crate::rotate::retire::run(store, tokens, actor, shutdown).await;
             ("token retirement", Ok(()))
+        });
+    }
+    if rotates_cas {
+        {
+            let (follower, shutdown) = (follower.clone(), shutdown.clone());
+            tasks.spawn(async move {
+                follower.run(shutdown).await;
+                ("CA rotation follower", Ok(()))
+            });
+        }
+        let rotator = Rotator::new(
+            store.clone(),
+            follower.clone(),
+            sinks.clone(),
+            engine.replica().to_string(),
+            probes.clone(),
+        );
+        let (store, replica, shutdown) = (
+            store.clone(),
+            engine.replica().to_string(),
+            shutdown.clone(),
+        );
+        tasks.spawn(async move {
+            leader::lead(store, "ca-rotation", replica, shutdown, |led, _epoch| {
+                rotator.clone().run(led)
+            })
+            .await;
+            ("CA rotations", Ok(()))
         });
     }
     if !config.bundles.is_empty() {
@@ -252,7 +296,16 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     );
     if config.api.is_some() || config.metrics.is_some() {
         let client = kube.as_ref().map(|k| k.client.clone());
-        let running = start_api(&config, &store, engine_alive, client, shutdown.clone()).await?;
+        let issuers = rotates_cas.then(|| follower.clone());
+        let running = start_api(
+            &config,
+            &store,
+            engine_alive,
+            client,
+            issuers,
+            shutdown.clone(),
+        )
+        .await?;
         tasks.spawn(async move { ("api", running.wait().await.map_err(anyhow::Error::from)) });
     }
     if !config.scans.is_empty() {
@@ -381,6 +434,7 @@ pub async fn start_api(
     store: &Store,
     engine_alive: tokio::sync::watch::Receiver<bool>,
     kube: Option<kube::Client>,
+    issuers: Option<Arc<Follower>>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<crate::api::Running> {
     let mut state = crate::api::ApiState::new(store.clone(), engine_alive);
@@ -388,6 +442,7 @@ pub async fn start_api(
         etcd: config.etcd.clone(),
         backup: config.backup.clone(),
         bootstrap_tokens: config.bootstrap_tokens.clone(),
+        issuers,
     });
     state.kube = kube.clone();
     if config.api.as_ref().is_some_and(|a| a.token_review) {

@@ -43,6 +43,7 @@ pub fn trigger_for(reason: Option<&str>) -> &'static str {
         Some("renew_fraction" | "renew_before" | "retry-expiry") => "expiry",
         Some("manual") => "manual",
         Some("join") => "join",
+        Some("ca-rotation") => "ca-rotation",
         _ => "startup",
     }
 }

@@ -21,6 +21,9 @@ pub enum StoreError {
     /// A query failed.
     #[error("database: {0}")]
     Query(#[from] sqlx::Error),
+    /// A row holds what the code cannot read (written by a newer rekey?).
+    #[error("database: {0}")]
+    Corrupt(String),
 }
 
 /// What Postgres or the driver said, for a person: the server's message and

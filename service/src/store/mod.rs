@@ -13,7 +13,8 @@
 //! - [`settings`]: the `[database]` section.
 //! - [`credentials`], [`engine`], [`rotations`], [`sync`], [`versions`],
 //!   [`audit`], [`leadership`]: the tables; [`bundles`] (trust bundles the
-//!   sinks hold, `bundle_targets`) and [`probes`] (what consumers serve).
+//!   sinks hold, `bundle_targets`), [`probes`] (what consumers serve) and
+//!   [`reissue`] (an issuer's leaves by signing CA, for a CA rotation).
 //! - [`listen`]: LISTEN with reconnect.
 
 pub mod audit;
@@ -27,6 +28,7 @@ pub mod listen;
 pub mod paging;
 pub mod pool;
 pub mod probes;
+pub mod reissue;
 pub mod rotations;
 pub mod settings;
 pub mod sync;

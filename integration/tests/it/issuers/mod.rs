@@ -6,4 +6,5 @@ mod config;
 mod consumers;
 mod csr;
 mod hygiene;
+mod rotation;
 mod secret;

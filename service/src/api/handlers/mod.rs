@@ -8,4 +8,5 @@ pub mod bootstrap_tokens;
 pub mod credentials;
 pub mod etcd;
 pub mod health;
+pub mod issuers;
 pub mod rotations;
