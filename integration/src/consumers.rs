@@ -112,6 +112,8 @@ pub struct HandshakeLoop {
     pub failures: Arc<Mutex<Vec<String>>>,
     /// Where the server consumer listens (`127.0.0.1:PORT`).
     pub addr: String,
+    /// The trust bundle each consumer has in force (server, client).
+    pub in_force: Arc<Mutex<(String, String)>>,
     listener: Option<TcpListener>,
     server_dir: PathBuf,
     client_dir: PathBuf,
@@ -133,6 +135,7 @@ impl HandshakeLoop {
             good: Arc::default(),
             failures: Arc::default(),
             addr,
+            in_force: Arc::default(),
             listener: Some(listener),
             server_dir: server_dir.to_path_buf(),
             client_dir: client_dir.to_path_buf(),
@@ -145,19 +148,52 @@ impl HandshakeLoop {
     pub fn start(&mut self) {
         let listener = self.listener.take().expect("started once");
         listener.set_nonblocking(true).expect("nonblocking");
-        let (stop, dir, lag) = (self.stop.clone(), self.server_dir.clone(), self.lag);
-        self.threads
-            .push(std::thread::spawn(move || serve(listener, dir, lag, stop)));
+        let (stop, dir, lag, force) = (
+            self.stop.clone(),
+            self.server_dir.clone(),
+            self.lag,
+            self.in_force.clone(),
+        );
+        self.threads.push(std::thread::spawn(move || {
+            serve(listener, dir, lag, stop, force)
+        }));
         let (stop, dir, addr, name) = (
             self.stop.clone(),
             self.client_dir.clone(),
             self.addr.clone(),
             self.server_name.clone(),
         );
-        let (good, failures) = (self.good.clone(), self.failures.clone());
+        let seen = Seen {
+            good: self.good.clone(),
+            failures: self.failures.clone(),
+            in_force: self.in_force.clone(),
+        };
         self.threads.push(std::thread::spawn(move || {
-            connect(addr, dir, lag, name, stop, good, failures)
+            connect(addr, dir, lag, name, stop, seen)
         }));
+    }
+
+    /// Waits until both consumers have `bundle_pem` in force and have
+    /// handshaken a few more times on it.
+    pub async fn settle_on(&self, bundle_pem: &str, patience: Duration) {
+        let want = bundle_pem.trim().to_string();
+        let in_force = self.in_force.clone();
+        crate::wait::eventually("both consumers to trust the bundle", patience, async || {
+            let f = in_force.lock().unwrap().clone();
+            if f.0.trim() == want && f.1.trim() == want {
+                Ok(())
+            } else {
+                Err(f)
+            }
+        })
+        .await;
+        let good = self.good.clone();
+        let from = good.load(Ordering::SeqCst);
+        crate::wait::eventually("more handshakes on it", patience, async || {
+            let n = good.load(Ordering::SeqCst);
+            if n >= from + 10 { Ok(()) } else { Err(n) }
+        })
+        .await;
     }
 
     /// Handshakes so far: (good, failed).
@@ -202,7 +238,19 @@ fn client_config(s: &SinkSnapshot) -> Result<Arc<rustls::ClientConfig>, String> 
     Ok(Arc::new(c))
 }
 
-fn serve(listener: TcpListener, dir: PathBuf, lag: Duration, stop: Arc<AtomicBool>) {
+struct Seen {
+    good: Arc<AtomicU64>,
+    failures: Arc<Mutex<Vec<String>>>,
+    in_force: Arc<Mutex<(String, String)>>,
+}
+
+fn serve(
+    listener: TcpListener,
+    dir: PathBuf,
+    lag: Duration,
+    stop: Arc<AtomicBool>,
+    in_force: Arc<Mutex<(String, String)>>,
+) {
     let mut lagged = Lagged::new(&dir, lag);
     let mut current: Option<(String, Arc<rustls::ServerConfig>)> = None;
     while !stop.load(Ordering::SeqCst) {
@@ -210,7 +258,10 @@ fn serve(listener: TcpListener, dir: PathBuf, lag: Duration, stop: Arc<AtomicBoo
             let id = format!("{}{}{}", s.cert, s.key, s.ca);
             if current.as_ref().is_none_or(|(c, _)| *c != id) {
                 match server_config(&s) {
-                    Ok(cfg) => current = Some((id, cfg)),
+                    Ok(cfg) => {
+                        in_force.lock().unwrap().0 = s.ca.clone();
+                        current = Some((id, cfg));
+                    }
                     Err(e) => eprintln!("server consumer: unusable material: {e}"),
                 }
             }
@@ -247,9 +298,13 @@ fn connect(
     lag: Duration,
     name: String,
     stop: Arc<AtomicBool>,
-    good: Arc<AtomicU64>,
-    failures: Arc<Mutex<Vec<String>>>,
+    seen: Seen,
 ) {
+    let Seen {
+        good,
+        failures,
+        in_force,
+    } = seen;
     let mut lagged = Lagged::new(&dir, lag);
     let mut current: Option<(String, Arc<rustls::ClientConfig>)> = None;
     let server_name = ServerName::try_from(name).expect("a server name");
@@ -259,7 +314,10 @@ fn connect(
             let id = format!("{}{}{}", s.cert, s.key, s.ca);
             if current.as_ref().is_none_or(|(c, _)| *c != id) {
                 match client_config(&s) {
-                    Ok(cfg) => current = Some((id, cfg)),
+                    Ok(cfg) => {
+                        in_force.lock().unwrap().1 = s.ca.clone();
+                        current = Some((id, cfg));
+                    }
                     Err(e) => failures
                         .lock()
                         .unwrap()

@@ -6,5 +6,5 @@ mod config;
 mod consumers;
 mod csr;
 mod hygiene;
-mod rotation;
+pub mod rotation;
 mod secret;

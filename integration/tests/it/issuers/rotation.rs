@@ -121,8 +121,10 @@ impl Rotating {
     /// After the rotation: both leaves chain to the new CA only, the bundle
     /// in every sink is the new CA alone, the CA files are the new CA (the
     /// old one kept as `.previous`), and not one handshake failed.
-    pub fn assert_rotated(&self, old_ca_pem: &str) {
+    pub async fn assert_rotated(&self, old_ca_pem: &str) {
         let new_ca_pem = std::fs::read_to_string(self.s.path("cluster-ca/ca.crt")).unwrap();
+        // The consumers adopt the last change and handshake on it.
+        self.consumers.settle_on(&new_ca_pem, LAG * 4).await;
         assert_ne!(
             new_ca_pem, old_ca_pem,
             "the issuer's CA file holds the new CA"
@@ -254,9 +256,7 @@ async fn ca_rotation_fails_no_handshake_of_late_reloading_consumers() {
     let done = t.wait_phase("done", Duration::from_secs(120), &log).await;
     assert_eq!(done["rotation"]["reissued"], 2, "{done:#}");
     assert_eq!(done["rotation"]["remaining"], 0, "{done:#}");
-    // Let the consumers adopt the last change and handshake on it.
-    tokio::time::sleep(LAG * 2).await;
-    t.assert_rotated(&old_ca);
+    t.assert_rotated(&old_ca).await;
 
     // Audited, every phase.
     let db = &t.s.db;
