@@ -3,6 +3,7 @@
 mod dev;
 mod exhaustion;
 mod hostile;
+mod issuers;
 mod paging;
 mod resets;
 mod schemathesis;
