@@ -178,6 +178,27 @@ async fn approves_its_own_request_where_rbac_allows_approve() {
     );
     check_signed(&s, &k, &all[0], &snap);
     assert_eq!(state(&config, "cert/ci/deployer").as_deref(), Some("valid"));
+    // Its CA is the cluster's: `rekey ca rotate` refuses, nothing changes.
+    let (code, _, err) = outcome(&run(rekey()
+        .args(["ca", "rotate", "clients", "--config"])
+        .arg(&config)));
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("kubernetes-csr")
+            && err.contains("the signer's CA is the cluster's to rotate"),
+        "{err}"
+    );
+    let (code, out, err) = outcome(&run(rekey()
+        .args(["ca", "status", "clients", "--json", "--config"])
+        .arg(&config)));
+    assert_eq!(code, 0, "{err}");
+    let doc: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(doc["issuers"][0]["kind"], "kubernetes-csr");
+    assert_eq!(doc["issuers"][0]["rotation"], Value::Null);
+    assert_eq!(
+        read_sink(&s.path("deployer")).map(|x| x.version),
+        Some(snap.version)
+    );
     assert!(k.denied().is_empty(), "{:#?}", k.denied());
 }
 

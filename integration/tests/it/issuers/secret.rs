@@ -105,5 +105,61 @@ async fn ca_from_a_secret_signs_and_a_bad_one_exits_2() {
         .find(|r| r["name"] == "ca/cluster")
         .unwrap_or_else(|| panic!("no ca/cluster: {doc}"));
     assert_eq!(row["state"], "valid", "{row}");
+
+    // A CA rotation with the CA in the Secret: the new CA waits in
+    // `next.crt`/`next.key`, then becomes `tls.crt`/`tls.key` with the old
+    // one kept as `previous.crt`/`previous.key`, one update each.
+    let (code, _, err) = outcome(&run(rekey()
+        .args([
+            "ca",
+            "rotate",
+            "cluster",
+            "--overlap",
+            "1s",
+            "--max-rate",
+            "0",
+            "--config",
+        ])
+        .arg(&path)));
+    assert_eq!(code, 0, "{err}");
+    let data = |key: &str| {
+        let secret = k.get("Secret", "pki", "cluster-ca")?;
+        let b64 = secret["data"][key].as_str()?.to_string();
+        String::from_utf8(STANDARD.decode(b64).ok()?).ok()
+    };
+    let new_ca = wait_for(Duration::from_secs(90), || {
+        let d = rekey()
+            .args(["ca", "status", "cluster", "--json", "--config"])
+            .arg(&path)
+            .output()
+            .ok()?;
+        let doc: serde_json::Value = serde_json::from_slice(&d.stdout).ok()?;
+        (doc["issuers"][0]["rotation"]["phase"] == "done").then_some(())?;
+        data("tls.crt")
+    })
+    .unwrap_or_else(|| panic!("the rotation to finish:\n{}", server.log()));
+    assert_ne!(new_ca.trim(), ca_pem.trim());
+    assert_eq!(data("previous.crt").unwrap().trim(), ca_pem.trim());
+    assert!(data("next.crt").is_none() && data("next.key").is_none());
+    let snap = read_sink(&s.path("web")).unwrap();
+    assert_eq!(
+        snap.ca.trim(),
+        new_ca.trim(),
+        "the sink trusts the new CA alone"
+    );
+    std::fs::write(dir.join("new-ca.crt"), &new_ca).unwrap();
+    std::fs::write(dir.join("tls.crt"), &snap.cert).unwrap();
+    pki::go(&[
+        "verify",
+        "-roots",
+        &p("new-ca.crt"),
+        "-cert",
+        &p("tls.crt"),
+        "-usage",
+        "server",
+        "-dns",
+        "web.pki.svc",
+    ])
+    .unwrap_or_else(|e| panic!("Go refuses the re-issued leaf: {e}"));
     assert!(k.denied().is_empty(), "{:#?}", k.denied());
 }
