@@ -20,7 +20,9 @@ use crate::{
     rotate::ca_rotation::{
         self,
         follow::Follower,
-        request::{self, RequestError, Requester, RotateOptions, RotationView, StatusDoc},
+        request::{
+            self, RequestError, Requester, RotateAnswer, RotateOptions, RotationView, StatusDoc,
+        },
     },
     secret::SecretString,
     units::HumanDuration,
@@ -187,15 +189,6 @@ fn read_new_ca(args: &RotateArgs) -> anyhow::Result<Option<CaMaterial>> {
     }))
 }
 
-/// The body of `POST /v1/issuers/{name}/rotate` and its answer.
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
-pub struct RotateAnswer {
-    /// Whether this request started it (false: the one in flight).
-    pub created: bool,
-    /// The rotation.
-    pub rotation: RotationView,
-}
-
 async fn rotate(args: RotateArgs) -> anyhow::Result<ExitCode> {
     if args.max_rate < 0.0 || !args.max_rate.is_finite() {
         return Err(BadInput::msg("--max-rate: must be 0 (no limit) or more").into());
@@ -217,7 +210,7 @@ async fn rotate(args: RotateArgs) -> anyhow::Result<ExitCode> {
     } else {
         let follower = follower(&args.db).await?;
         let issuer = request::rotatable(follower.issuers(), &args.issuer).map_err(bad)?;
-        let actor = format!("cli/{}", super::token::whoami());
+        let actor = format!("cli/{}", super::output::whoami());
         let who = Requester {
             actor: &actor,
             trigger: "cli",

@@ -276,7 +276,7 @@ impl ApiClient {
         &self,
         issuer: &str,
         body: &serde_json::Value,
-    ) -> anyhow::Result<super::ca::RotateAnswer> {
+    ) -> anyhow::Result<crate::rotate::ca_rotation::request::RotateAnswer> {
         let encoded =
             percent_encoding::utf8_percent_encode(issuer, percent_encoding::NON_ALPHANUMERIC);
         let url = self.url(&format!("v1/issuers/{encoded}/rotate"))?;

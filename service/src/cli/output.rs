@@ -124,6 +124,11 @@ impl ProgressObserver for Bar {
     }
 }
 
+/// Who runs the command, for audit actors (`cli/<user>`).
+pub fn whoami() -> String {
+    std::env::var("USER").unwrap_or_else(|_| "unknown".into())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -108,7 +108,7 @@ pub async fn run(cmd: TokenCommand) -> anyhow::Result<ExitCode> {
                 .as_ref()
                 .and_then(|c| c.bootstrap_tokens.clone())
                 .unwrap_or_default();
-            let actor = format!("cli/{}", whoami());
+            let actor = format!("cli/{}", super::output::whoami());
             match bootstrap::revoke(&store, &client, &btc, &id, "manual", None, &actor).await? {
                 RevokeOutcome::Revoked => println!(
                     "bootstrap token {id} revoked (secret kube-system/bootstrap-token-{id} deleted)"
@@ -187,7 +187,7 @@ pub async fn run(cmd: TokenCommand) -> anyhow::Result<ExitCode> {
                     store,
                     &btc,
                     &created.object,
-                    &format!("cli/{}", whoami()),
+                    &format!("cli/{}", super::output::whoami()),
                 )
                 .await
             {
@@ -198,10 +198,6 @@ pub async fn run(cmd: TokenCommand) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
-}
-
-pub(super) fn whoami() -> String {
-    std::env::var("USER").unwrap_or_else(|_| "unknown".into())
 }
 
 fn fmt_time(t: Option<chrono::DateTime<Utc>>) -> String {

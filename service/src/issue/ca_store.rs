@@ -198,14 +198,14 @@ impl FileCaStore {
         };
         if key_next.exists() {
             let current_cert = read_opt(&self.cert)?;
-            if current_cert.as_deref() != Some(next_cert.as_str()) {
-                if let Some(c) = current_cert {
-                    let key = std::fs::read(&self.key)
-                        .map_err(|e| format!("cannot read {}: {e}", self.key.display()))?;
-                    let key = zeroize::Zeroizing::new(key);
-                    write_atomic(&Self::slot(&self.key, "previous"), &key, 0o600)?;
-                    write_atomic(&Self::slot(&self.cert, "previous"), c.as_bytes(), 0o644)?;
-                }
+            if current_cert.as_deref() != Some(next_cert.as_str())
+                && let Some(c) = current_cert
+            {
+                let key = std::fs::read(&self.key)
+                    .map_err(|e| format!("cannot read {}: {e}", self.key.display()))?;
+                let key = zeroize::Zeroizing::new(key);
+                write_atomic(&Self::slot(&self.key, "previous"), &key, 0o600)?;
+                write_atomic(&Self::slot(&self.cert, "previous"), c.as_bytes(), 0o644)?;
             }
             std::fs::rename(&key_next, &self.key).map_err(|e| {
                 format!(

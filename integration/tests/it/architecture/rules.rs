@@ -42,6 +42,7 @@ const TABLE_OWNERS: &[&str] = &[
     "k8s/bootstrap/db.rs",
     "etcd/db.rs",
     "backup/db.rs",
+    "rotate/ca_rotation/db.rs",
     "devdb.rs",
 ];
 /// Words a string holding SQL starts with.

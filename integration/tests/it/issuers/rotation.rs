@@ -34,16 +34,14 @@ impl Rotating {
         let (server_dir, client_dir) = (s.path("sinks/server"), s.path("sinks/client"));
         let consumers = HandshakeLoop::bind(&server_dir, &client_dir, LAG, "server.test");
         let config = format!(
-            "{}\n[[issuer]]\nname = \"cluster\"\nca_cert = \"{ca}/ca.crt\"\nca_key = \"{ca}/ca.key\"\n\n\
+            "[database]\nurl = \"{url}\"\n\n[engine]\nmax_jitter = \"0s\"\nprobe_interval = \"1s\"\nprobe_timeout = \"2s\"\n\n\
+             [[issuer]]\nname = \"cluster\"\nca_cert = \"{ca}/ca.crt\"\nca_key = \"{ca}/ca.key\"\n\n\
              [[certificate]]\nname = \"cert/server\"\nissuer = \"cluster\"\ndns_names = [\"server.test\"]\n\
              usages = [\"server\"]\nlifetime = \"24h\"\nprobe = \"{addr}\"\n\
              sink = {{ kind = \"file\", dir = \"{sd}\" }}\n\n\
              [[certificate]]\nname = \"cert/client\"\nissuer = \"cluster\"\ncommon_name = \"client\"\n\
              usages = [\"client\"]\nlifetime = \"24h\"\nsink = {{ kind = \"file\", dir = \"{cd}\" }}\n",
-            format!(
-                "[database]\nurl = \"{}\"\n\n[engine]\nmax_jitter = \"0s\"\nprobe_interval = \"1s\"\nprobe_timeout = \"2s\"\n",
-                s.db.url
-            ),
+            url = s.db.url,
             ca = s.path("cluster-ca").display(),
             addr = consumers.addr,
             sd = server_dir.display(),

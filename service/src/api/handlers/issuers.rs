@@ -26,7 +26,7 @@ use crate::{
     rotate::ca_rotation::{
         DEFAULT_MAX_RATE, DEFAULT_OVERLAP,
         follow::Follower,
-        request::{self, RequestError, Requester, RotateOptions, RotationView},
+        request::{self, RequestError, Requester, RotateAnswer, RotateOptions, RotationView},
     },
     units::HumanDuration,
 };
@@ -194,7 +194,7 @@ pub async fn rotate_issuer(
             (r, created, if created { StatusCode::ACCEPTED } else { StatusCode::OK })
         };
         let details = serde_json::json!({ "rotation_id": r.id, "created": created, "abort": call.input.abort });
-        let answer = serde_json::json!({ "created": created, "rotation": RotationView::from(&r) });
+        let answer = RotateAnswer { created, rotation: RotationView::from(&r) };
         Ok(((status, Json(answer)).into_response(), details))
     })
     .await

@@ -8,6 +8,7 @@ use chrono::{DateTime, Utc};
 use sqlx::{Postgres, Transaction};
 use uuid::Uuid;
 
+pub use super::plan::CaRotation;
 use super::plan::Phase;
 use crate::store::{
     Store, StoreError,
@@ -16,47 +17,6 @@ use crate::store::{
 
 /// NOTIFY channel (payload: the issuer) on every change of a rotation.
 pub const CHANGED_CHANNEL: &str = "rekey_ca_rotation";
-
-/// One rotation.
-#[derive(Debug, Clone, PartialEq)]
-pub struct CaRotation {
-    /// Its id.
-    pub id: Uuid,
-    /// The issuer.
-    pub issuer: String,
-    /// Where it is.
-    pub phase: Phase,
-    /// `cli`, `api` or `schedule`.
-    pub trigger: String,
-    /// Who asked.
-    pub requested_by: String,
-    /// Overlap (seconds).
-    pub overlap_secs: f64,
-    /// Re-issues per second (0: no limit).
-    pub max_rate: f64,
-    /// The CA rotated away from.
-    pub old_ca_fingerprint: String,
-    /// The CA rotated to, once known.
-    pub new_ca_fingerprint: Option<String>,
-    /// Every sink held old+new.
-    pub trusted_at: Option<DateTime<Utc>>,
-    /// Every probed consumer served a new-CA leaf.
-    pub consumers_moved_at: Option<DateTime<Utc>>,
-    /// Bundles narrowed to the new CA.
-    pub narrowed_at: Option<DateTime<Utc>>,
-    /// Leaves on the new CA.
-    pub reissued: i64,
-    /// Leaves on another CA (unknown before `reissuing`).
-    pub remaining: Option<i64>,
-    /// Why it is not moving on.
-    pub waiting_for: Option<String>,
-    /// Requested.
-    pub started_at: DateTime<Utc>,
-    /// Entered its phase.
-    pub phase_changed_at: DateTime<Utc>,
-    /// Done or aborted, and published everywhere.
-    pub finished_at: Option<DateTime<Utc>>,
-}
 
 #[derive(sqlx::FromRow)]
 struct Row {

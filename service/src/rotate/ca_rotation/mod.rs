@@ -243,6 +243,8 @@ impl Rotator {
         let now = Utc::now();
         let since = pace.last_marked.map_or(TICK, |t| t.elapsed());
         let step = plan::decide(&r, &o, now, since);
+        metrics::gauge!("rekey_ca_rotation_blocked", "issuer" => r.issuer.clone())
+            .set(if plan::blocked(&step) { 1.0 } else { 0.0 });
         let actor = self.actor();
         let counts = matches!(r.phase, Phase::Reissuing | Phase::Retiring)
             .then_some((o.reissued, o.remaining));

@@ -18,8 +18,48 @@
 use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
+use uuid::Uuid;
 
-use super::db::CaRotation;
+/// One rotation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CaRotation {
+    /// Its id.
+    pub id: Uuid,
+    /// The issuer.
+    pub issuer: String,
+    /// Where it is.
+    pub phase: Phase,
+    /// `cli`, `api` or `schedule`.
+    pub trigger: String,
+    /// Who asked.
+    pub requested_by: String,
+    /// Overlap (seconds).
+    pub overlap_secs: f64,
+    /// Re-issues per second (0: no limit).
+    pub max_rate: f64,
+    /// The CA rotated away from.
+    pub old_ca_fingerprint: String,
+    /// The CA rotated to, once known.
+    pub new_ca_fingerprint: Option<String>,
+    /// Every sink held old+new.
+    pub trusted_at: Option<DateTime<Utc>>,
+    /// Every probed consumer served a new-CA leaf.
+    pub consumers_moved_at: Option<DateTime<Utc>>,
+    /// Bundles narrowed to the new CA.
+    pub narrowed_at: Option<DateTime<Utc>>,
+    /// Leaves on the new CA.
+    pub reissued: i64,
+    /// Leaves on another CA (unknown before `reissuing`).
+    pub remaining: Option<i64>,
+    /// Why it is not moving on.
+    pub waiting_for: Option<String>,
+    /// Requested.
+    pub started_at: DateTime<Utc>,
+    /// Entered its phase.
+    pub phase_changed_at: DateTime<Utc>,
+    /// Done or aborted, and published everywhere.
+    pub finished_at: Option<DateTime<Utc>>,
+}
 
 /// How long after entering `reissuing` the leaves start being marked due:
 /// every replica has switched its signer by then (they follow the table at
@@ -258,6 +298,19 @@ pub fn decide(r: &CaRotation, o: &Observed, now: DateTime<Utc>, since_last: Dura
             Step::FinishAborted
         }
         Phase::Aborted | Phase::Done => Step::Wait(now + TimeDelta::days(1), String::new()),
+    }
+}
+
+/// Whether `step` waits on something other than time (a sink that does not
+/// take the bundle, leaves the engine has not re-issued, consumers that do
+/// not reload): what `rekey_ca_rotation_blocked` and its alert report.
+pub fn blocked(step: &Step) -> bool {
+    match step {
+        Step::Republish => true,
+        Step::Wait(_, why) => {
+            why.contains("leaves being re-issued") || why.starts_with("probed consumers")
+        }
+        _ => false,
     }
 }
 

@@ -242,6 +242,16 @@ pub fn generate_like(
     Ok(CertAuthority::generate(&cn, key, validity, Utc::now())?)
 }
 
+/// The answer to a rotate request (`rekey ca rotate --json`, `POST
+/// /v1/issuers/{name}/rotate`).
+#[derive(Debug, Serialize, serde::Deserialize)]
+pub struct RotateAnswer {
+    /// Whether this request started it (false: the one in flight, or an abort).
+    pub created: bool,
+    /// The rotation.
+    pub rotation: RotationView,
+}
+
 /// `rekey ca status --json` and `GET /v1/issuers`.
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct StatusDoc {
