@@ -33,7 +33,10 @@ fn spec(name: &str, dir: &Path) -> CertificateSpec {
         issuer: None,
         common_name: None,
         organizations: vec![],
-        dns_names: vec![format!("{}.bench.svc", name.rsplit('/').next().unwrap_or(name))],
+        dns_names: vec![format!(
+            "{}.bench.svc",
+            name.rsplit('/').next().unwrap_or(name)
+        )],
         ip_addresses: vec![],
         key: KeyType::EcdsaP256,
         usages: vec![Usage::Server, Usage::Client],
@@ -41,7 +44,9 @@ fn spec(name: &str, dir: &Path) -> CertificateSpec {
         renew_fraction: None,
         renew_before: None,
         schedule: None,
-        sink: SinkSpec::File { dir: dir.to_path_buf() },
+        sink: SinkSpec::File {
+            dir: dir.to_path_buf(),
+        },
         adopt: false,
         reload: vec![],
         probe: None,
@@ -66,16 +71,28 @@ fn baseline(base: &Path, n: usize, procs: usize) -> f64 {
         .arg(n.to_string())
         .arg(procs.to_string())
         .output()
-        .unwrap_or_else(|e| panic!("{}: {e} (integration/test.sh installs the venv with `cryptography`)", python().display()));
+        .unwrap_or_else(|e| {
+            panic!(
+                "{}: {e} (integration/test.sh installs the venv with `cryptography`)",
+                python().display()
+            )
+        });
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let text = String::from_utf8_lossy(&o.stdout);
-    let secs: f64 = text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).expect("`<n> <seconds>`");
+    let secs: f64 = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("`<n> <seconds>`");
     let _ = std::fs::remove_dir_all(&out);
     n as f64 / secs
 }
 
 async fn count(pool: &sqlx::PgPool, sql: &str) -> i64 {
-    sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_string())).fetch_one(pool).await.unwrap()
+    sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_string()))
+        .fetch_one(pool)
+        .await
+        .unwrap()
 }
 
 #[tokio::main]
@@ -88,7 +105,9 @@ async fn main() {
     let db = fresh_db().await;
     let base = Path::new("/dev/shm").join(format!("rekey-bench-ca-{}", std::process::id()));
     std::fs::create_dir_all(&base).unwrap();
-    let (code, _, err) = outcome(&run(rekey().args(["ca", "init", "--common-name", "bench CA", "--out"]).arg(base.join("ca"))));
+    let (code, _, err) = outcome(&run(rekey()
+        .args(["ca", "init", "--common-name", "bench CA", "--out"])
+        .arg(base.join("ca"))));
     assert_eq!(code, 0, "{err}");
     let declared: Vec<Declared> = (0..n)
         .map(|i| {
@@ -104,7 +123,10 @@ async fn main() {
             }
         })
         .collect();
-    db.store.sync_declared("api", &declared, "bench").await.unwrap();
+    db.store
+        .sync_declared("api", &declared, "bench")
+        .await
+        .unwrap();
     drop(declared);
     let config = base.join("rekey.toml");
     std::fs::write(
@@ -136,24 +158,43 @@ async fn main() {
     let first = t.elapsed().as_secs_f64();
 
     let py1 = baseline(&base, n, 1);
-    let cores = std::thread::available_parallelism().map(|c| c.get()).unwrap_or(1);
+    let cores = std::thread::available_parallelism()
+        .map(|c| c.get())
+        .unwrap_or(1);
     let py_all = baseline(&base, n, cores);
 
     let (code, _, err) = outcome(&run(rekey()
-        .args(["ca", "rotate", "default", "--overlap", "0s", "--max-rate", "0", "--config"])
+        .args([
+            "ca",
+            "rotate",
+            "default",
+            "--overlap",
+            "0s",
+            "--max-rate",
+            "0",
+            "--config",
+        ])
         .arg(&config)));
     assert_eq!(code, 0, "{err}");
     let t = Instant::now();
     loop {
-        let phase: Option<String> = sqlx::query_scalar("SELECT phase FROM ca_rotations ORDER BY started_at DESC LIMIT 1")
-            .fetch_optional(&pool)
-            .await
-            .unwrap();
+        let phase: Option<String> =
+            sqlx::query_scalar("SELECT phase FROM ca_rotations ORDER BY started_at DESC LIMIT 1")
+                .fetch_optional(&pool)
+                .await
+                .unwrap();
         if phase.as_deref() == Some("done") {
             break;
         }
-        assert!(serve.try_wait().unwrap().is_none(), "rekey serve exited:\n{}", std::fs::read_to_string(&log).unwrap_or_default());
-        assert!(t.elapsed() < Duration::from_secs(1800), "the rotation did not finish in 30 minutes");
+        assert!(
+            serve.try_wait().unwrap().is_none(),
+            "rekey serve exited:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        assert!(
+            t.elapsed() < Duration::from_secs(1800),
+            "the rotation did not finish in 30 minutes"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let total = t.elapsed().as_secs_f64();
@@ -172,15 +213,24 @@ async fn main() {
     let (reissuing, retiring) = (at("reissuing").await, at("retiring").await);
     let secs = (retiring - reissuing).as_seconds_f64();
     let settle = rekey::rotate::ca_rotation::plan::SETTLE.as_secs_f64();
-    let on_new: i64 = count(&pool, "SELECT reissued FROM ca_rotations ORDER BY started_at DESC LIMIT 1").await;
+    let on_new: i64 = count(
+        &pool,
+        "SELECT reissued FROM ca_rotations ORDER BY started_at DESC LIMIT 1",
+    )
+    .await;
     assert_eq!(on_new as usize, n, "every leaf re-issued");
     let _ = serve.kill();
     let _ = serve.wait();
     let _ = std::fs::remove_dir_all(&base);
     let rate = n as f64 / secs;
     let rate_work = n as f64 / (secs - settle);
-    println!("first issuance of {n} leaves by `rekey serve`: {first:.1} s ({:.0}/s)", n as f64 / first);
-    println!("bare script (Python cryptography, no database, no fsync): {py1:.0}/s in 1 process, {py_all:.0}/s in {cores}");
+    println!(
+        "first issuance of {n} leaves by `rekey serve`: {first:.1} s ({:.0}/s)",
+        n as f64 / first
+    );
+    println!(
+        "bare script (Python cryptography, no database, no fsync): {py1:.0}/s in 1 process, {py_all:.0}/s in {cores}"
+    );
     println!(
         "CA rotation of {n} leaves, reissuing → retiring: {secs:.1} s = {rate:.0}/s ({:.2}x the bare script, {:.2}x it on {cores} processes); \
          without the {settle:.0} s settle before the first re-issue: {rate_work:.0}/s; whole rotation {total:.1} s (targets: < 30 s, >= 1.5x)",

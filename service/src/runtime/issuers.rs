@@ -56,6 +56,19 @@ async fn load_ca_issuer(
         None => return Err(IssuerError::new(name, "ca_cert", "missing")),
     };
     let ca = load_ca(name, store.as_ref(), now).await?;
+    if let Some(before) = c.rotate_before {
+        let lifetime = ca.not_after() - ca.not_before();
+        if before.chrono() * 2 > lifetime {
+            return Err(IssuerError::new(
+                name,
+                "rotate_before",
+                format!(
+                    "{before} is more than half the CA's validity ({} days): a new CA like it would be due for rotation at once",
+                    lifetime.num_days()
+                ),
+            ));
+        }
+    }
     tracing::info!(
         issuer = name, source = %store.describe(), subject = ca.subject(),
         fingerprint = ca.fingerprint(), not_after = %ca.not_after().to_rfc3339(),

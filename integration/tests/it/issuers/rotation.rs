@@ -195,7 +195,9 @@ pub fn fingerprint(pem: &str) -> String {
 #[tokio::test(flavor = "multi_thread")]
 async fn ca_rotation_fails_no_handshake_of_late_reloading_consumers() {
     let mut t = Rotating::new(Scenario::new().await);
+    // Two replicas: both follow the rotation, one carries it out.
     let server = t.s.serve(&t.config, &[]);
+    let other = t.s.serve(&t.config, &[]);
     t.wait_handshaking().await;
     let old_ca = std::fs::read_to_string(t.s.path("cluster-ca/ca.crt")).unwrap();
     let before = t.status();
@@ -270,7 +272,12 @@ async fn ca_rotation_fails_no_handshake_of_late_reloading_consumers() {
         "ca.rotation.phase:retiring",
         "ca.rotation.phase:done",
     ] {
-        assert!(actions.iter().any(|a| a == want), "{want} in {actions:?}");
+        let n = actions.iter().filter(|a| *a == want).count();
+        assert_eq!(n, 1, "{want} exactly once (two replicas) in {actions:?}");
+    }
+    // Both replicas took part: each followed the phases in its registry.
+    for (i, log) in [server.log(), other.log()].iter().enumerate() {
+        assert!(log.contains("issuer follows its CA rotation"), "replica {i} did not follow:\n{log}");
     }
 }
 
@@ -374,4 +381,72 @@ async fn ca_rotation_bad_input_is_refused_and_changes_nothing() {
         !t.s.path("cluster-ca/ca.crt.next").exists(),
         "the given CA is forgotten"
     );
+}
+
+/// `rotate_before`: a CA with less than that left starts its own rotation
+/// (trigger `schedule`, by the serving replica); one that would make every
+/// new CA due at once is refused at start-up, naming the field.
+#[tokio::test(flavor = "multi_thread")]
+async fn rotate_before_starts_a_rotation_by_itself() {
+    use chrono::{TimeDelta, Utc};
+    use rekey::issue::{CertAuthority, KeyType};
+    let s = Scenario::new().await;
+    // Issued six days ago for ten: four days left.
+    let (ca, key) = CertAuthority::generate(
+        "aging CA",
+        KeyType::EcdsaP256,
+        TimeDelta::days(10),
+        Utc::now() - TimeDelta::days(6),
+    )
+    .unwrap();
+    ca.write_files(&key, &s.path("aging"), false).unwrap();
+    let config = |before: &str| {
+        format!(
+            "[database]\nurl = \"{}\"\n\n[engine]\nmax_jitter = \"0s\"\n\n\
+             [[issuer]]\nname = \"cluster\"\nca_cert = \"{ca}/ca.crt\"\nca_key = \"{ca}/ca.key\"\nrotate_before = \"{before}\"\n\n\
+             [[certificate]]\nname = \"cert/web\"\nissuer = \"cluster\"\ndns_names = [\"web.test\"]\n\
+             lifetime = \"24h\"\nsink = {{ kind = \"file\", dir = \"{}\" }}\n",
+            s.db.url,
+            s.path("web").display(),
+            ca = s.path("aging").display(),
+        )
+    };
+    let bad = s.write_config("bad.toml", &config("6d"));
+    let (code, _, err) = outcome(&run(rekey().args(["serve", "--config"]).arg(&bad)));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("issuer[cluster].rotate_before"), "{err}");
+
+    let path = s.write_config("rekey.toml", &config("5d"));
+    let server = s.serve(&path, &[]);
+    let status = |p: &Path| {
+        let (code, out, err) = outcome(&run(rekey()
+            .args(["ca", "status", "cluster", "--json", "--config"])
+            .arg(p)));
+        assert_eq!(code, 0, "{err}");
+        serde_json::from_str::<serde_json::Value>(&out).unwrap()["issuers"][0].clone()
+    };
+    let started = wait_for(Duration::from_secs(60), || {
+        let st = status(&path);
+        (st["bundle"].as_array().map(Vec::len) == Some(2)).then_some(st)
+    })
+    .unwrap_or_else(|| panic!("no rotation started by itself:\n{}", server.log()));
+    let r = &started["rotation"];
+    assert_eq!(r["phase"], "trusting", "{started:#}");
+    assert!(
+        r["requested_by"].as_str().unwrap().starts_with("rekey/"),
+        "{started:#}"
+    );
+    assert_eq!(r["overlap_seconds"], 300.0);
+    let trigger: String = sqlx::query_scalar("SELECT trigger FROM ca_rotations")
+        .fetch_one(s.db.pool())
+        .await
+        .unwrap();
+    assert_eq!(trigger, "schedule");
+    // The new CA lives as long as the old one did.
+    let next = std::fs::read_to_string(s.path("aging/ca.crt.next")).unwrap();
+    let (_, pem) = x509_parser::pem::parse_x509_pem(next.as_bytes()).unwrap();
+    let x = pem.parse_x509().unwrap();
+    let days = (x.validity().not_after.timestamp() - x.validity().not_before.timestamp()) / 86_400;
+    assert_eq!(days, 10);
+    assert!(x.validity().not_after.timestamp() > (Utc::now() + TimeDelta::days(9)).timestamp());
 }

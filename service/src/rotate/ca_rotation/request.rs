@@ -238,7 +238,9 @@ pub fn generate_like(
     let cn = old
         .common_name()
         .unwrap_or_else(|| format!("rekey CA {issuer}"));
-    let validity = (old.not_after() - old.not_before()).max(TimeDelta::days(1));
+    // `generate` backdates by MAX_BACKDATE: the new CA lives as long as the old.
+    let validity =
+        (old.not_after() - old.not_before() - crate::issue::MAX_BACKDATE).max(TimeDelta::days(1));
     Ok(CertAuthority::generate(&cn, key, validity, Utc::now())?)
 }
 
