@@ -42,8 +42,12 @@ pub struct CredentialSummary {
     pub managed: bool,
     /// Cron schedule, if any.
     pub schedule: Option<String>,
-    /// Id of the current published version.
+    /// The current published version's number among the credential's
+    /// versions (1, 2, 3, ...: the how-many-th issuance).
     pub current_version: Option<i64>,
+    /// The current published version's id (the stable key: the file sink's
+    /// `.rekey-version`, the Secret's `rekey.io/version`).
+    pub current_version_id: Option<i64>,
     /// Consecutive failed rotations.
     pub failures: i32,
     /// The last rotation error, while failing.
@@ -75,7 +79,8 @@ impl CredentialSummary {
             source: c.source,
             managed: c.managed,
             schedule: c.schedule,
-            current_version: c.current_version,
+            current_version: c.current_version_number,
+            current_version_id: c.current_version,
             failures: c.failures,
             last_error: c.last_error,
             served_fingerprint: c.observed.served_fingerprint,
@@ -98,7 +103,8 @@ impl CredentialSummary {
             schedule: self.schedule.clone(),
             not_before: self.not_before,
             not_after: self.not_after,
-            current_version: self.current_version,
+            current_version: self.current_version_id,
+            current_version_number: self.current_version,
             next_rotation_at: self.next_rotation_at,
             next_rotation_reason: self.next_rotation_reason.clone(),
             failures: self.failures,
@@ -162,8 +168,12 @@ pub struct CredentialView {
     pub managed: bool,
     /// Cron schedule, if any.
     pub schedule: Option<String>,
-    /// Id of the current published version.
+    /// The current published version's number among the credential's
+    /// versions (1, 2, 3, ...: the how-many-th issuance).
     pub current_version: Option<i64>,
+    /// The current published version's id (the stable key: the file sink's
+    /// `.rekey-version`, the Secret's `rekey.io/version`).
+    pub current_version_id: Option<i64>,
     /// Consecutive failed rotations.
     pub failures: i32,
     /// The last rotation error, while failing.
@@ -220,7 +230,8 @@ impl CredentialView {
             source: c.source,
             managed: c.managed,
             schedule: c.schedule,
-            current_version: c.current_version,
+            current_version: c.current_version_number,
+            current_version_id: c.current_version,
             failures: c.failures,
             last_error: c.last_error,
             spec: c.spec,

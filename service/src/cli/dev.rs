@@ -116,10 +116,11 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
 fn rotation_line(e: RotationEvent, now: chrono::DateTime<Utc>) -> String {
     match e.outcome {
         EventOutcome::Succeeded | EventOutcome::Recovered => format!(
-            "{}  rotated  {:<24} v{:<5} trigger={:<8} expires {} next {}{}",
+            "{}  rotated  {:<24} {:<6} trigger={:<8} expires {} next {}{}",
             now.format("%H:%M:%S"),
             e.credential,
-            e.version.unwrap_or_default(),
+            e.number
+                .map_or_else(|| "v?".to_string(), |n| format!("v{n}")),
             e.trigger,
             e.not_after
                 .map(|t| t.format("%H:%M:%S").to_string())
@@ -138,5 +139,32 @@ fn rotation_line(e: RotationEvent, now: chrono::DateTime<Utc>) -> String {
             e.error.unwrap_or_default(),
             relative(e.next_rotation_at, now),
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rotate::EventOutcome;
+
+    #[test]
+    fn a_rotation_line_shows_the_credentials_own_version_number() {
+        let now = Utc::now();
+        let e = RotationEvent {
+            credential: "cert/dev/web".into(),
+            kind: "certificate".into(),
+            trigger: "startup".into(),
+            rotation_id: None,
+            outcome: EventOutcome::Succeeded,
+            version: Some(17),
+            number: Some(3),
+            not_after: Some(now),
+            next_rotation_at: Some(now),
+            error: None,
+            duration_ms: 1,
+        };
+        let line = rotation_line(e, now);
+        assert!(line.contains(" v3 "), "{line}");
+        assert!(!line.contains("17"), "the global id is not shown: {line}");
     }
 }

@@ -251,6 +251,7 @@ mod tests {
             not_before: None,
             not_after,
             current_version: None,
+            current_version_number: None,
             next_rotation_at: None,
             next_rotation_reason: None,
             failures: 0,

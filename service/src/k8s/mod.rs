@@ -38,7 +38,7 @@ pub mod wiring;
 pub use connect::{client, client_for, cluster_ca, config_for};
 pub use error::{K8sError, REQUEST_TIMEOUT, call};
 pub use objects::{
-    CREDENTIAL_ANNOTATION, MANAGED_BY, NOT_AFTER_ANNOTATION, VERSION_ANNOTATION, from_chrono,
-    to_chrono,
+    CREDENTIAL_ANNOTATION, MANAGED_BY, NOT_AFTER_ANNOTATION, VERSION_ANNOTATION,
+    VERSION_NUMBER_ANNOTATION, from_chrono, to_chrono,
 };
 pub use settings::{BootstrapTokensConfig, KubernetesConfig, MIN_TOKEN_LIFETIME_SECS};

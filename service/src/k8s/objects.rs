@@ -19,8 +19,12 @@ pub fn from_chrono(
     )
 }
 
-/// The annotation carrying the published version id.
+/// The annotation carrying the published version id (the stable key
+/// recovery reads).
 pub const VERSION_ANNOTATION: &str = "rekey.io/version";
+/// The annotation carrying the published version's number among its
+/// credential's versions (1, 2, 3, ...), for people.
+pub const VERSION_NUMBER_ANNOTATION: &str = "rekey.io/version-number";
 /// The annotation carrying the published version's expiry (RFC 3339).
 pub const NOT_AFTER_ANNOTATION: &str = "rekey.io/not-after";
 /// The annotation naming the credential a rekey-made object belongs to.

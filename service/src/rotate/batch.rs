@@ -184,6 +184,7 @@ impl Rotator {
             let p = Publication {
                 credential: &item.claimed.name,
                 version: attempt.version_id,
+                number: attempt.number,
                 not_after: issued.facts.not_after,
                 material: issued.material.as_ref()?,
                 adopt: spec.adopt(),
@@ -330,6 +331,7 @@ impl Rotator {
                         rotation_id: Some(s.rotation_id),
                         outcome,
                         version: Some(s.version_id),
+                        number: item.attempt.map(|a| a.number),
                         not_after: Some(s.not_after),
                         next_rotation_at: Some(s.next_rotation_at),
                         error: None,
@@ -410,6 +412,7 @@ impl Rotator {
                 rotation_id: item.attempt.map(|a| a.rotation_id),
                 outcome: EventOutcome::Failed,
                 version: None,
+                number: None,
                 not_after: item.claimed.not_after,
                 next_rotation_at: Some(retry_at),
                 error: Some(error.clone()),

@@ -30,8 +30,10 @@ pub struct RotationEvent {
     pub rotation_id: Option<Uuid>,
     /// How it ended.
     pub outcome: EventOutcome,
-    /// The published version.
+    /// The published version (id).
     pub version: Option<i64>,
+    /// Its number among the credential's versions (1, 2, 3, ...).
+    pub number: Option<i64>,
     /// Expiry of the published version.
     pub not_after: Option<DateTime<Utc>>,
     /// When it will rotate next (or be retried).

@@ -52,6 +52,7 @@ pub(super) async fn reconcile(
                     credential_id: item.claimed.id,
                     rotation_id,
                     version_id: v.id,
+                    number: v.number,
                 });
                 item.issued = Some(Issued {
                     material: None,

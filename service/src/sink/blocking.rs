@@ -33,6 +33,7 @@ where
 pub(crate) struct OwnedPublication {
     credential: String,
     version: i64,
+    number: i64,
     not_after: DateTime<Utc>,
     material: Material,
     adopt: bool,
@@ -44,6 +45,7 @@ impl OwnedPublication {
         Self {
             credential: p.credential.to_string(),
             version: p.version,
+            number: p.number,
             not_after: p.not_after,
             material: p.material.clone(),
             adopt: p.adopt,
@@ -55,6 +57,7 @@ impl OwnedPublication {
         Publication {
             credential: &self.credential,
             version: self.version,
+            number: self.number,
             not_after: self.not_after,
             material: &self.material,
             adopt: self.adopt,

@@ -493,6 +493,7 @@ mod tests {
         sink.publish_blocking(&Publication {
             credential: "c",
             version,
+            number: version,
             not_after: chrono::Utc::now(),
             material: m,
             adopt: false,

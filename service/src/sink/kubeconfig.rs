@@ -442,6 +442,7 @@ mod tests {
         sink.publish_blocking(&Publication {
             credential: "cert/admin",
             version: 12,
+            number: 1,
             not_after: now,
             material: &m,
             adopt: false,
@@ -505,6 +506,7 @@ mod tests {
             .publish_blocking(&Publication {
                 credential: "cert/admin",
                 version: 1,
+                number: 1,
                 not_after: now,
                 material: &m,
                 adopt: false,

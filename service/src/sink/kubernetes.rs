@@ -19,6 +19,7 @@ use super::model::{BundleOutcome, BundleUpdate, Material, Publication, Sink, Sin
 use crate::issue::bundle::fingerprint_of_pem;
 use crate::k8s::{
     self, CREDENTIAL_ANNOTATION, K8sError, MANAGED_BY, NOT_AFTER_ANNOTATION, VERSION_ANNOTATION,
+    VERSION_NUMBER_ANNOTATION,
 };
 
 /// How many read-modify-write rounds a publish tries before giving up on conflicts.
@@ -114,6 +115,7 @@ impl KubernetesSecretSink {
         meta.managed_fields = None;
         let ann = meta.annotations.get_or_insert_with(BTreeMap::new);
         ann.insert(VERSION_ANNOTATION.into(), p.version.to_string());
+        ann.insert(VERSION_NUMBER_ANNOTATION.into(), p.number.to_string());
         ann.insert(
             NOT_AFTER_ANNOTATION.into(),
             p.not_after

@@ -43,6 +43,9 @@ pub struct Publication<'a> {
     pub credential: &'a str,
     /// The version id (`credential_versions.id`), recorded with the material.
     pub version: i64,
+    /// The version's number among its credential's (1, 2, 3, ...), shown
+    /// beside it where people read it (a Secret's `rekey.io/version-number`).
+    pub number: i64,
     /// When the material expires.
     pub not_after: DateTime<Utc>,
     /// What to publish.

@@ -47,8 +47,11 @@ pub struct Credential {
     pub not_before: Option<DateTime<Utc>>,
     /// End of the current version's validity (None: never expires).
     pub not_after: Option<DateTime<Utc>>,
-    /// The current published version.
+    /// The current published version (id).
     pub current_version: Option<i64>,
+    /// Its number among the credential's versions (1, 2, 3, ...).
+    #[sqlx(default)]
+    pub current_version_number: Option<i64>,
     /// When the engine will rotate it next.
     pub next_rotation_at: Option<DateTime<Utc>>,
     /// Why then (`schedule`, `renew_fraction`, `renew_before`, `manual`, ...).
@@ -157,7 +160,8 @@ impl Credential {
 const COLUMNS: &str = "id, name, kind, source, managed, spec, sink, schedule, not_before, not_after, current_version,
     next_rotation_at, next_rotation_reason, failures, last_error, lease_owner, created_at, updated_at,
     bundle_fingerprint, bundle_published_at, served_fingerprint, served_checked_at, served_issuer_key_id,
-    probed_at, probe_error, stale_consumer_at";
+    probed_at, probe_error, stale_consumer_at,
+    (SELECT v.number FROM credential_versions v WHERE v.id = current_version) AS current_version_number";
 
 impl Store {
     /// Every credential not removed, by name.

@@ -53,6 +53,8 @@ pub struct Attempt {
     pub rotation_id: Uuid,
     /// The `pending` version.
     pub version_id: i64,
+    /// Its number among the credential's versions (1, 2, 3, ...).
+    pub number: i64,
 }
 
 /// An issued version to open an attempt for.
@@ -233,11 +235,17 @@ impl Store {
         let nas: Vec<DateTime<Utc>> = items.iter().map(|f| f.facts.not_after).collect();
         let details: Vec<serde_json::Value> =
             items.iter().map(|f| f.facts.details.clone()).collect();
-        sqlx::query(
+        // Each version's number: one more than the credential's last one that
+        // did not fail (what an interrupted attempt left is reconciled first).
+        let numbers: Vec<(i64, i64)> = sqlx::query_as(
             "INSERT INTO credential_versions
-                 (id, credential_id, status, rotation_id, fingerprint, serial, not_before, not_after, details)
-             SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::uuid[], $5::text[], $6::text[],
-                                  $7::timestamptz[], $8::timestamptz[], $9::jsonb[])",
+                 (id, credential_id, status, rotation_id, fingerprint, serial, not_before, not_after, details, number)
+             SELECT u.*, (SELECT coalesce(max(v.number), 0) + 1 FROM credential_versions v
+                          WHERE v.credential_id = u.cid AND v.status <> 'failed')
+             FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::uuid[], $5::text[], $6::text[],
+                         $7::timestamptz[], $8::timestamptz[], $9::jsonb[])
+                  AS u(id, cid, status, rid, fp, serial, nb, na, details)
+             RETURNING id, number",
         )
         .bind(&vids)
         .bind(&ids)
@@ -248,8 +256,9 @@ impl Store {
         .bind(&nbs)
         .bind(&nas)
         .bind(&details)
-        .execute(&mut *tx)
+        .fetch_all(&mut *tx)
         .await?;
+        let number_of = |vid: i64| numbers.iter().find(|n| n.0 == vid).map_or(0, |n| n.1);
         let fresh: Vec<usize> = (0..ids.len())
             .filter(|i| rotation_of(ids[*i]).is_none())
             .collect();
@@ -295,6 +304,7 @@ impl Store {
                 credential_id: ids[i],
                 rotation_id: rids[i],
                 version_id: vids[i],
+                number: number_of(vids[i]),
             })
             .collect())
     }
@@ -528,7 +538,8 @@ impl Store {
         credential_id: i64,
     ) -> Result<Vec<PendingVersion>, StoreError> {
         Ok(sqlx::query_as::<_, PendingVersion>(
-            "SELECT id, rotation_id, fingerprint, not_before, not_after FROM credential_versions
+            "SELECT id, rotation_id, fingerprint, not_before, not_after, coalesce(number, 0) AS number
+             FROM credential_versions
              WHERE credential_id = $1 AND status = 'pending' ORDER BY id DESC",
         )
         .bind(credential_id)
@@ -608,4 +619,6 @@ pub struct PendingVersion {
     pub not_before: Option<DateTime<Utc>>,
     /// Validity end, if recorded.
     pub not_after: Option<DateTime<Utc>>,
+    /// Its number among the credential's versions.
+    pub number: i64,
 }

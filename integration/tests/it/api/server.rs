@@ -194,7 +194,8 @@ async fn viewer_cannot_rotate_and_the_denial_is_audited() {
 #[tokio::test]
 async fn operator_rotates_now_and_a_new_version_is_published() {
     let (db, pki, serve) = server_with_web().await;
-    let first = wait_published(&db, WEB).await;
+    let first_id = wait_published(&db, WEB).await;
+    let first = 1;
     let before = std::fs::read(pki.dir.path().join("sink-web/tls.crt")).unwrap();
     let client = pki.client("operator");
     let list_version = || async {
@@ -258,8 +259,11 @@ async fn operator_rotates_now_and_a_new_version_is_published() {
             .unwrap(),
     )
     .await;
-    assert_ne!(cred["current_version"].as_i64().unwrap(), first);
-    assert_eq!(cred["current_version"], done["version_id"]);
+    // `current_version` counts this credential's versions; the id is the
+    // stable key (`version_id` of the rotation).
+    assert_eq!(cred["current_version"].as_i64().unwrap(), 2, "{cred}");
+    assert_ne!(cred["current_version_id"].as_i64().unwrap(), first_id);
+    assert_eq!(cred["current_version_id"], done["version_id"]);
     // The list (served from its rendered copy until the table changes) follows at once.
     assert_eq!(
         list_version().await,

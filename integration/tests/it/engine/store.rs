@@ -147,6 +147,7 @@ async fn crash_after_publish(f: &Fixture) -> i64 {
         .publish_blocking(&Publication {
             credential: &f.spec.name,
             version: a.version_id,
+            number: a.number,
             not_after: cert.not_after,
             material: &m,
             adopt: false,

@@ -277,7 +277,10 @@ async fn ca_rotation_fails_no_handshake_of_late_reloading_consumers() {
     }
     // Both replicas took part: each followed the phases in its registry.
     for (i, log) in [server.log(), other.log()].iter().enumerate() {
-        assert!(log.contains("issuer follows its CA rotation"), "replica {i} did not follow:\n{log}");
+        assert!(
+            log.contains("issuer follows its CA rotation"),
+            "replica {i} did not follow:\n{log}"
+        );
     }
 }
 

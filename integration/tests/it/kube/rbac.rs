@@ -74,6 +74,7 @@ async fn every_request_is_allowed_and_every_permission_is_used() {
         sink.publish(&Publication {
             credential: "cert/web/web-tls",
             version: v,
+            number: v,
             not_after: na,
             material: &m,
             adopt: false,
@@ -95,6 +96,7 @@ async fn every_request_is_allowed_and_every_permission_is_used() {
         .publish(&Publication {
             credential: "cert/web/legacy",
             version: 1,
+            number: 1,
             not_after: na,
             material: &m,
             adopt: true,
@@ -135,6 +137,7 @@ async fn every_request_is_allowed_and_every_permission_is_used() {
         .publish(&Publication {
             credential: &spec.name,
             version: 1,
+            number: 1,
             not_after: t.not_after,
             material: &mat,
             adopt: false,

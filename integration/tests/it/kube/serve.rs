@@ -146,6 +146,10 @@ async fn tls_secret_published_rotated_and_consumers_rolled() {
         &server,
     );
     assert!(version_of(&v2) > version_of(&v1));
+    // Beside the version id recovery reads, the number people read.
+    let number =
+        |v: &serde_json::Value| v["metadata"]["annotations"]["rekey.io/version-number"].clone();
+    assert_eq!((number(&v1), number(&v2)), (json!("1"), json!("2")));
     assert_ne!(data(&v2, "tls.crt"), data(&v1, "tls.crt"));
     assert_eq!(v2["metadata"]["uid"], v1["metadata"]["uid"]);
     wait_for(Duration::from_secs(10), || {

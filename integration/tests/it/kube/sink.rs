@@ -17,6 +17,7 @@ fn publication<'a>(
     Publication {
         credential: "cert/web/web-tls",
         version,
+        number: version,
         not_after,
         material: m,
         adopt,

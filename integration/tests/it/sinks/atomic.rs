@@ -240,6 +240,7 @@ fn readers_never_see_a_torn_pair_or_a_missing_file_across_hundreds_of_rotations(
                 sink.publish_blocking(&Publication {
                     credential: "cert/torn/web",
                     version,
+                    number: version,
                     not_after,
                     material: &m,
                     adopt: false,

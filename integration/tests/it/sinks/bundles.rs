@@ -216,6 +216,7 @@ async fn a_secret_gets_a_new_ca_crt_with_a_resource_version_precondition() {
     sink.publish(&rekey::sink::Publication {
         credential: "cert/web/web-tls",
         version: 4,
+        number: 4,
         not_after: na,
         material: &m,
         adopt: false,

@@ -96,6 +96,7 @@ async fn kubectl_and_the_kube_crate_read_it_and_a_bundle_republish_changes_only_
     sink.publish(&Publication {
         credential: "cert/ci/admin",
         version: 3,
+        number: 1,
         not_after: leaf.not_after,
         material: &m,
         adopt: false,
