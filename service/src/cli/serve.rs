@@ -1,5 +1,6 @@
 //! `rekey serve --config FILE`: load the configuration, apply the
-//! `--kubeconfig`/`--context` override, start everything and wait.
+//! `--kubeconfig`/`--context` override, start everything, follow the file
+//! (reloaded on change and SIGHUP) and wait.
 
 use std::{path::PathBuf, process::ExitCode};
 
@@ -22,9 +23,19 @@ pub struct ServeArgs {
 /// Runs `rekey serve`.
 pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let mut config = Config::load(&args.config).bad_input()?;
-    args.kube.to_override().apply(&mut config);
+    let kube = args.kube.to_override();
+    kube.apply(&mut config);
     let shutdown = runtime::shutdown_on_signals();
-    let running = runtime::start(config, shutdown).await?;
-    running.wait().await?;
+    let mut running = runtime::start(config, shutdown.clone()).await?;
+    // The file, live: credentials added, changed and removed without a
+    // restart, until shutdown (polled beside the tasks, on this task).
+    let live = running.take_live();
+    let reloading = async move {
+        if let Some(live) = live {
+            runtime::reload::run(live, args.config.clone(), move |c| kube.apply(c), shutdown).await;
+        }
+    };
+    let (result, ()) = tokio::join!(running.wait(), reloading);
+    result?;
     Ok(ExitCode::SUCCESS)
 }

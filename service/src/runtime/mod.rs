@@ -9,6 +9,7 @@
 pub mod dev;
 pub mod issuers;
 pub mod leader;
+pub mod reload;
 
 use std::{sync::Arc, time::Duration};
 
@@ -48,9 +49,16 @@ pub struct Running {
     /// Cancel to stop everything.
     pub shutdown: CancellationToken,
     tasks: JoinSet<(&'static str, anyhow::Result<()>)>,
+    live: Option<reload::Live>,
 }
 
 impl Running {
+    /// What applying a reloaded configuration file needs (once: see
+    /// [`reload::run`]).
+    pub fn take_live(&mut self) -> Option<reload::Live> {
+        self.live.take()
+    }
+
     /// Waits until shutdown is requested and every task has stopped, or a
     /// task fails (then stops the others and returns its error).
     pub async fn wait(mut self) -> anyhow::Result<()> {
@@ -151,18 +159,21 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     )
     .await
     .context("recording the [[bundle]] targets")?;
-    let probes = config
-        .certificates
-        .iter()
-        .any(|c| c.probe.is_some())
-        .then(|| {
-            Prober::new(
-                store.clone(),
-                config.engine.probe_timeout.get(),
-                config.engine.probe_concurrency,
-                shutdown.clone(),
-            )
-        });
+    // Always: a certificate with a probe may come with a reloaded file.
+    let probes = Some(Prober::new(
+        store.clone(),
+        config.engine.probe_timeout.get(),
+        config.engine.probe_concurrency,
+        shutdown.clone(),
+    ));
+    let live = reload::Live {
+        store: store.clone(),
+        sinks: sinks.clone(),
+        issuers: issuers.clone(),
+        jitter,
+        actor: actor.clone(),
+        started: serde_json::to_value(&config).unwrap_or_default(),
+    };
     // Every replica's issuers follow their CA rotations (before the engine
     // signs anything: a restart mid-rotation signs with the phase's CA).
     let follower = Follower::new(store.clone(), issuers.clone());
@@ -321,6 +332,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         store,
         shutdown,
         tasks,
+        live: Some(live),
     })
 }
 
