@@ -172,7 +172,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         issuers: issuers.clone(),
         jitter,
         actor: actor.clone(),
-        started: serde_json::to_value(&config).unwrap_or_default(),
+        started: reload::snapshot(&config),
     };
     // Every replica's issuers follow their CA rotations (before the engine
     // signs anything: a restart mid-rotation signs with the phase's CA).

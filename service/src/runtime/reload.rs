@@ -29,13 +29,13 @@ const LIVE: &[&str] = &["certificate", "token"];
 
 /// What the running service needs to apply a new file.
 pub struct Live {
-    pub(super) store: Store,
-    pub(super) sinks: SinkContext,
-    pub(super) issuers: Arc<Issuers>,
-    pub(super) jitter: Jitter,
-    pub(super) actor: String,
+    pub(crate) store: Store,
+    pub(crate) sinks: SinkContext,
+    pub(crate) issuers: Arc<Issuers>,
+    pub(crate) jitter: Jitter,
+    pub(crate) actor: String,
     /// The file's sections as started (restart-only ones are compared).
-    pub(super) started: serde_json::Value,
+    pub(crate) started: serde_json::Value,
 }
 
 impl std::fmt::Debug for Live {
@@ -46,10 +46,26 @@ impl std::fmt::Debug for Live {
     }
 }
 
-/// The sections of `new` that differ from `started` and need a restart
-/// (pure).
+/// What of a configuration is compared between loads: its sections as
+/// written, the database URL (redacted when serialized) as a digest.
+pub fn snapshot(config: &Config) -> serde_json::Value {
+    let mut v = serde_json::to_value(config).unwrap_or_default();
+    if let (Some(db), Ok(url)) = (
+        v.get_mut("database").and_then(|d| d.as_object_mut()),
+        config.database.url(),
+    ) {
+        db.insert(
+            "url".into(),
+            hex::encode(Sha256::digest(url.as_bytes())).into(),
+        );
+    }
+    v
+}
+
+/// The sections of `new` that differ from `started` (a [`snapshot`]) and
+/// need a restart (pure).
 pub fn needs_restart(started: &serde_json::Value, new: &Config) -> Vec<String> {
-    let new = serde_json::to_value(new).unwrap_or_default();
+    let new = snapshot(new);
     let (Some(a), Some(b)) = (started.as_object(), new.as_object()) else {
         return vec![];
     };
@@ -128,7 +144,12 @@ pub async fn run(
     }
 }
 
-async fn reload(live: &Live, path: &PathBuf, adjust: &impl Fn(&mut Config), signalled: bool) {
+async fn reload(
+    live: &Live,
+    path: &std::path::Path,
+    adjust: &impl Fn(&mut Config),
+    signalled: bool,
+) {
     let why = if signalled {
         "SIGHUP"
     } else {
@@ -188,7 +209,7 @@ mod tests {
         };
         let head = "[database]\nurl = \"postgres://a/db\"\n\n[issuer]\nca_cert = \"/ca.crt\"\nca_key = \"/ca.key\"\n";
         let a = parse(head);
-        let started = serde_json::to_value(&a).unwrap();
+        let started = snapshot(&a);
         let b = parse(&format!(
             "{head}\n[[certificate]]\nname = \"cert/x\"\ndns_names = [\"x.test\"]\nlifetime = \"1h\"\nsink = {{ kind = \"file\", dir = \"/tmp/x\" }}\n"
         ));

@@ -185,23 +185,26 @@ impl Rotator {
         r: &CaRotation,
         pace: &mut Pace,
     ) -> anyhow::Result<Observed> {
-        let bundle = issuer.bundle();
-        let gaps = self
-            .store
-            .bundle_gaps(issuer.name(), bundle.fingerprint())
-            .await?;
-        let mut o = Observed {
-            bundle_missing: gaps.names,
-            bundle_missing_count: gaps.count,
-            ..Default::default()
-        };
-        let Some(new_fp) = r.new_ca_fingerprint.as_deref() else {
-            return Ok(o);
-        };
-        if matches!(r.phase, Phase::Reissuing | Phase::Retiring) {
+        let mut o = Observed::default();
+        if let Some(new_fp) = r.new_ca_fingerprint.as_deref()
+            && matches!(r.phase, Phase::Reissuing | Phase::Retiring)
+        {
             let c = self.store.leaf_counts(issuer.name(), new_fp).await?;
             (o.reissued, o.remaining, o.remaining_unmarked) = (c.on_ca, c.other, c.other_unmarked);
         }
+        // Who lacks the bundle matters once no leaf is left to re-issue (each
+        // re-issue publishes the bundle anyway): spare the scan meanwhile.
+        if !(r.phase == Phase::Reissuing && o.remaining > 0) {
+            let bundle = issuer.bundle();
+            let gaps = self
+                .store
+                .bundle_gaps(issuer.name(), bundle.fingerprint())
+                .await?;
+            (o.bundle_missing, o.bundle_missing_count) = (gaps.names, gaps.count);
+        }
+        let Some(new_fp) = r.new_ca_fingerprint.as_deref() else {
+            return Ok(o);
+        };
         if r.phase == Phase::Retiring && r.narrowed_at.is_none() {
             let new_ca = self
                 .follower
