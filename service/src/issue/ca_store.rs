@@ -242,13 +242,8 @@ impl CaStore for FileCaStore {
     }
 
     async fn read_current(&self) -> Result<CaMaterial, (String, String)> {
-        let (mut cert, key) = (self.cert.clone(), self.key.clone());
-        // A promotion interrupted between its two renames (see
-        // `promote_blocking`): the key is already the next CA's.
+        let (cert, key) = (self.cert.clone(), self.key.clone());
         let (cert_next, key_next) = (Self::slot(&cert, "next"), Self::slot(&key, "next"));
-        if cert_next.exists() && !key_next.exists() {
-            cert = cert_next;
-        }
         let read = |field: &str, p: &Path| {
             std::fs::read_to_string(p).map_err(|e| {
                 (
@@ -258,10 +253,32 @@ impl CaStore for FileCaStore {
             })
         };
         tokio::task::spawn_blocking(move || {
-            Ok(CaMaterial {
-                cert_pem: read("ca_cert", &cert)?,
-                key_pem: SecretString::from(read("ca_key", &key)?),
-            })
+            // A promotion may run meanwhile (another replica): the pair read
+            // is consistent when the promotion's state (which `.next` files
+            // exist) is the same before and after reading it. Between its two
+            // renames the key is already the next CA's, and so is the
+            // certificate to read (see `promote_blocking`).
+            let state = || (cert_next.exists(), key_next.exists());
+            let mut attempt = 0;
+            loop {
+                let before = state();
+                let cert_path = if before == (true, false) {
+                    &cert_next
+                } else {
+                    &cert
+                };
+                let read_pair = || {
+                    Ok::<_, (String, String)>(CaMaterial {
+                        cert_pem: read("ca_cert", cert_path)?,
+                        key_pem: SecretString::from(read("ca_key", &key)?),
+                    })
+                };
+                let result = read_pair();
+                attempt += 1;
+                if state() == before || attempt >= 5 {
+                    return result;
+                }
+            }
         })
         .await
         .unwrap_or_else(|e| Err(("ca_cert".into(), format!("reading thread failed: {e}"))))
