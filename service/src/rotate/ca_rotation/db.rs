@@ -133,20 +133,43 @@ async fn commit(
     }
 }
 
-/// The audit event of a phase change (actor `rekey/<replica>`).
-pub fn phase_event(actor: &str, r: &CaRotation, to: Phase) -> NewEvent {
+/// Runs `update` (a compare-and-set on one rotation row); if it changed the
+/// row, commits it with `event` and a NOTIFY. `false`: someone else did.
+async fn compare_and_set(
+    store: &Store,
+    issuer: &str,
+    update: sqlx::query::Query<'_, Postgres, sqlx::postgres::PgArguments>,
+    event: &NewEvent,
+) -> Result<bool, StoreError> {
+    let mut tx = store.pool().begin().await?;
+    if update.execute(&mut *tx).await?.rows_affected() != 1 {
+        tx.rollback().await?;
+        return Ok(false);
+    }
+    commit(tx, issuer, event, None).await?;
+    Ok(true)
+}
+
+/// An audit event about rotation `r` (actor `rekey/<replica>`).
+fn event(actor: &str, action: &str, r: &CaRotation, details: serde_json::Value) -> NewEvent {
     let mut e = NewEvent::new(
         actor,
-        "ca.rotation.phase",
+        action,
         format!("issuer/{}", r.issuer),
         Outcome::Success,
     );
-    e.details = serde_json::json!({
+    e.details = details;
+    e
+}
+
+/// The audit event of a phase change (actor `rekey/<replica>`).
+pub fn phase_event(actor: &str, r: &CaRotation, to: Phase) -> NewEvent {
+    let details = serde_json::json!({
         "rotation_id": r.id, "from": r.phase.as_str(), "to": to.as_str(),
         "old_ca_fingerprint": r.old_ca_fingerprint, "new_ca_fingerprint": r.new_ca_fingerprint,
         "reissued": r.reissued,
     });
-    e
+    event(actor, "ca.rotation.phase", r, details)
 }
 
 /// Reads rows.
@@ -255,30 +278,20 @@ pub async fn set_new_ca(
     fingerprint: &str,
     actor: &str,
 ) -> Result<bool, StoreError> {
-    let mut tx = store.pool().begin().await?;
-    let done = sqlx::query(
+    let update = sqlx::query(
         "UPDATE ca_rotations SET new_ca_fingerprint = $2, updated_at = now()
          WHERE id = $1 AND new_ca_fingerprint IS NULL AND phase = 'trusting'",
     )
     .bind(r.id)
-    .bind(fingerprint)
-    .execute(&mut *tx)
-    .await?
-    .rows_affected()
-        == 1;
-    if !done {
-        tx.rollback().await?;
-        return Ok(false);
-    }
-    let mut e = NewEvent::new(
-        actor,
-        "ca.rotation.new_ca",
-        format!("issuer/{}", r.issuer),
-        Outcome::Success,
-    );
-    e.details = serde_json::json!({"rotation_id": r.id, "new_ca_fingerprint": fingerprint});
-    commit(tx, &r.issuer, &e, None).await?;
-    Ok(true)
+    .bind(fingerprint);
+    let details = serde_json::json!({"rotation_id": r.id, "new_ca_fingerprint": fingerprint});
+    compare_and_set(
+        store,
+        &r.issuer,
+        update,
+        &event(actor, "ca.rotation.new_ca", r, details),
+    )
+    .await
 }
 
 /// Which moment a rotation records.
@@ -304,30 +317,15 @@ pub async fn stamp(
         Stamp::ConsumersMoved => "consumers_moved_at",
         Stamp::Narrowed => "narrowed_at",
     };
-    let mut tx = store.pool().begin().await?;
-    let done = sqlx::query(sqlx::AssertSqlSafe(format!(
+    let update = sqlx::query(sqlx::AssertSqlSafe(format!(
         "UPDATE ca_rotations SET {column} = now(), waiting_for = NULL, updated_at = now()
          WHERE id = $1 AND phase = $2 AND {column} IS NULL AND finished_at IS NULL"
     )))
     .bind(r.id)
-    .bind(r.phase.as_str())
-    .execute(&mut *tx)
-    .await?
-    .rows_affected()
-        == 1;
-    if !done {
-        tx.rollback().await?;
-        return Ok(false);
-    }
-    let mut e = NewEvent::new(
-        actor,
-        format!("ca.rotation.{column}").trim_end_matches("_at"),
-        format!("issuer/{}", r.issuer),
-        Outcome::Success,
-    );
-    e.details = serde_json::json!({"rotation_id": r.id, "phase": r.phase.as_str()});
-    commit(tx, &r.issuer, &e, None).await?;
-    Ok(true)
+    .bind(r.phase.as_str());
+    let action = format!("ca.rotation.{}", column.trim_end_matches("_at"));
+    let details = serde_json::json!({"rotation_id": r.id, "phase": r.phase.as_str()});
+    compare_and_set(store, &r.issuer, update, &event(actor, &action, r, details)).await
 }
 
 /// Moves rotation `r` from its phase to `to` (compare-and-set: `false` when
@@ -338,8 +336,7 @@ pub async fn advance(
     to: Phase,
     actor: &str,
 ) -> Result<bool, StoreError> {
-    let mut tx = store.pool().begin().await?;
-    let done = sqlx::query(
+    let update = sqlx::query(
         "UPDATE ca_rotations
          SET phase = $3, phase_changed_at = now(), waiting_for = NULL, updated_at = now(),
              finished_at = CASE WHEN $3 = 'done' THEN now() ELSE finished_at END
@@ -347,17 +344,8 @@ pub async fn advance(
     )
     .bind(r.id)
     .bind(r.phase.as_str())
-    .bind(to.as_str())
-    .execute(&mut *tx)
-    .await?
-    .rows_affected()
-        == 1;
-    if !done {
-        tx.rollback().await?;
-        return Ok(false);
-    }
-    commit(tx, &r.issuer, &phase_event(actor, r, to), None).await?;
-    Ok(true)
+    .bind(to.as_str());
+    compare_and_set(store, &r.issuer, update, &phase_event(actor, r, to)).await
 }
 
 /// Records progress and why the rotation waits (no audit: it changes often).
@@ -388,29 +376,19 @@ pub async fn finish_aborted(
     r: &CaRotation,
     actor: &str,
 ) -> Result<bool, StoreError> {
-    let mut tx = store.pool().begin().await?;
-    let done = sqlx::query(
+    let update = sqlx::query(
         "UPDATE ca_rotations SET finished_at = now(), waiting_for = NULL, updated_at = now()
          WHERE id = $1 AND phase = 'aborted' AND finished_at IS NULL",
     )
-    .bind(r.id)
-    .execute(&mut *tx)
-    .await?
-    .rows_affected()
-        == 1;
-    if !done {
-        tx.rollback().await?;
-        return Ok(false);
-    }
-    let mut e = NewEvent::new(
-        actor,
-        "ca.rotation.finished",
-        format!("issuer/{}", r.issuer),
-        Outcome::Success,
-    );
-    e.details = serde_json::json!({"rotation_id": r.id, "phase": "aborted"});
-    commit(tx, &r.issuer, &e, None).await?;
-    Ok(true)
+    .bind(r.id);
+    let details = serde_json::json!({"rotation_id": r.id, "phase": "aborted"});
+    compare_and_set(
+        store,
+        &r.issuer,
+        update,
+        &event(actor, "ca.rotation.finished", r, details),
+    )
+    .await
 }
 
 /// Aborts the rotation in flight for `issuer`, only while it is `trusting`;
